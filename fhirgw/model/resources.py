@@ -1,0 +1,143 @@
+"""R4 resource types, the JSON codec and base validation with fhir.resources R4B.
+
+The wire format is FHIR R4 4.0.1. fhir.resources defaults to R5, which silently breaks R4
+data (MedicationStatement became MedicationUsage, fields are dropped), so every model here is
+an R4B one. R4B models 128 of the 146 concrete R4 resource types; the 18 it lacks
+(MedicinalProduct*, Substance{NucleicAcid,Polymer,Protein,...}, Effect/RiskEvidenceSynthesis)
+are answered as unsupported rather than stored unvalidated.
+
+JSON is parsed with orjson and stored as received. orjson turns ``72.50`` into the float
+``72.5``; FHIR decimals keep their precision, so a body whose numbers would not survive a
+float round trip is parsed a second, slower way that keeps each number's original text.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from .errors import BadRequest, InvalidResource, Issue
+
+_DATA = os.path.join(os.path.dirname(__file__), "data", "resource_types.json")
+with open(_DATA, "rb") as _f:
+    _TYPES = orjson.loads(_f.read())["types"]
+
+#: every concrete R4 resource type
+R4_TYPES: frozenset[str] = frozenset(t["type"] for t in _TYPES)
+#: the types this gateway serves: R4 types that fhir.resources R4B can validate
+RESOURCE_TYPES: tuple[str, ...] = tuple(sorted(t["type"] for t in _TYPES if t["r4b_model"]))
+SUPPORTED: frozenset[str] = frozenset(RESOURCE_TYPES)
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(ID_RE.match(value))
+
+
+# ---------------------------------------------------------------- JSON codec
+
+class RawDecimal(float):
+    """A float that remembers the exact text it was parsed from (``72.50``)."""
+
+    __slots__ = ("raw",)
+
+    def __new__(cls, text: str) -> "RawDecimal":
+        obj = super().__new__(cls, text)
+        obj.raw = text
+        return obj
+
+
+# numbers whose text a float round trip would change: trailing zeros in the fraction,
+# exponents, or more digits than a double holds. Matches inside strings only cost speed.
+_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d])|\d[eE][+-]?\d|\d{16,}")
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, RawDecimal):
+        return orjson.Fragment(obj.raw)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse JSON, keeping the exact text of decimals that a float would change."""
+    if isinstance(body, str):
+        body = body.encode()
+    try:
+        if _LOSSY_NUMBER.search(body) is None:
+            return orjson.loads(body)
+        return json.loads(body, parse_float=RawDecimal)
+    except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}", code="structure") from None
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_default)
+
+
+# ---------------------------------------------------------------- validation
+
+@functools.lru_cache(maxsize=None)
+def model_class(resource_type: str):
+    from fhir.resources.R4B import get_fhir_model_class
+
+    return get_fhir_model_class(resource_type)
+
+
+def _location(resource_type: str, loc: tuple) -> str:
+    out = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("__root__",) or str(part).startswith("function-"):
+            continue
+        else:
+            out += f".{part}"
+    return out
+
+
+def validate(resource: Any, expected_type: str | None = None) -> dict:
+    """Check a parsed resource against its R4B model; returns it unchanged.
+
+    Raises InvalidResource with one issue per problem, each with a FHIRPath expression.
+    """
+    if not isinstance(resource, dict):
+        raise BadRequest("The body must be a JSON object (a FHIR resource)", code="structure")
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        raise BadRequest("The resource has no resourceType", expression="resourceType",
+                         code="structure")
+    if expected_type is not None and rtype != expected_type:
+        raise BadRequest(f"The body's resourceType {rtype!r} does not match the URL's {expected_type!r}",
+                         expression="resourceType", code="invalid")
+    check_type(rtype)
+    try:
+        model_class(rtype).model_validate(resource)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors()[:50]:
+            where = _location(rtype, err.get("loc", ()))
+            msg = err.get("msg", "invalid")
+            if err.get("type") == "extra_forbidden":
+                msg = "Unknown element (not defined for this type in FHIR R4)"
+            issues.append(Issue(f"{where}: {msg}", code="structure", expression=[where]))
+        raise InvalidResource(issues=issues) from None
+    except (ValueError, TypeError) as exc:  # fhir.resources raises these for some checks
+        raise InvalidResource(f"{rtype}: {exc}", expression=rtype) from None
+    return resource
+
+
+def check_type(resource_type: str) -> str:
+    from .errors import NotFound
+
+    if resource_type in SUPPORTED:
+        return resource_type
+    if resource_type in R4_TYPES:
+        raise NotFound(f"Resource type {resource_type!r} is an R4 type this gateway does not "
+                       "support (fhir.resources R4B has no model for it)", code="not-supported")
+    raise NotFound(f"Unknown resource type {resource_type!r}", code="not-supported")

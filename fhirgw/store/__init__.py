@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables, migrations, and the Repository (one unit of work per request)."""

@@ -1,0 +1,150 @@
+"""The schema. SQLAlchemy Core tables, shared by SQLite and PostgreSQL.
+
+* ``resource``: the current version of every resource (deleted ones stay, flagged), with a
+  surrogate integer key ``rid`` that every index row points at.
+* ``resource_history``: every version ever written, ``seq`` orders the whole server's history.
+* ``sp_*``: search index tables, one row per indexed value (HAPI's HFJ_SPIDX_* layout),
+  written in the same transaction as the resource. ``res_type`` + ``param`` lead every index
+  so a search touches only its own parameter's rows.
+
+Times are stored as integer microseconds since the Unix epoch (UTC): the same comparisons on
+both databases, no timezone or collation surprises. Dates index as ranges ``[low, high]``.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias)
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+resource = Table(
+    "resource", metadata,
+    Column("rid", PK, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("body", LargeBinary, nullable=True),
+    Index("ux_resource_type_id", "res_type", "res_id", unique=True),
+    Index("ix_resource_type_updated", "res_type", "last_updated"),
+)
+
+resource_history = Table(
+    "resource_history", metadata,
+    Column("seq", PK, primary_key=True, autoincrement=True),
+    Column("rid", BigInteger, nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("body", LargeBinary, nullable=True),
+    Index("ux_history_type_id_version", "res_type", "res_id", "version", unique=True),
+    Index("ix_history_updated", "last_updated"),
+    Index("ix_history_type_updated", "res_type", "last_updated"),
+)
+
+
+def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
+    return Table(
+        name, metadata,
+        Column("id", PK, primary_key=True, autoincrement=True),
+        Column("rid", BigInteger, nullable=False),
+        Column("res_type", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
+        *cols,
+        Index(f"ix_{name}_value", "res_type", "param", *value_index),
+        Index(f"ix_{name}_rid", "rid"),
+    )
+
+
+#: token: Coding/CodeableConcept/Identifier/code/boolean/ContactPoint; ``text`` is the
+#: normalized display/text for ``:text``
+sp_token = _index_table(
+    "sp_token",
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("text", String(255), nullable=True),
+    value_index=("code", "system"),
+)
+
+#: string: ``norm`` is lower-cased, accent-stripped, whitespace-folded (prefix / contains
+#: matching); ``exact`` is the original value (``:exact``)
+sp_string = _index_table(
+    "sp_string",
+    Column("norm", String(255), nullable=False),
+    Column("exact", Text, nullable=False),
+    value_index=("norm",),
+)
+
+#: date: the value's range in epoch microseconds (a date ``2026-01`` covers the month)
+sp_date = _index_table(
+    "sp_date",
+    Column("low", BigInteger, nullable=True),
+    Column("high", BigInteger, nullable=True),
+    value_index=("low", "high"),
+)
+
+#: number: the value and its implicit precision range
+sp_number = _index_table(
+    "sp_number",
+    Column("value", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    value_index=("value",),
+)
+
+#: quantity: value, precision range, and the unit's system/code (and free-text unit)
+sp_quantity = _index_table(
+    "sp_quantity",
+    Column("value", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("unit", String(255), nullable=True),
+    value_index=("value",),
+)
+
+#: reference: a local target (``target_type``/``target_id``), or an absolute/canonical
+#: ``url`` for targets elsewhere
+sp_reference = _index_table(
+    "sp_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", String(512), nullable=True),
+    value_index=("target_id", "target_type"),
+)
+Index("ix_sp_reference_target", sp_reference.c.target_type, sp_reference.c.target_id)
+
+#: uri (and canonical)
+sp_uri = _index_table(
+    "sp_uri",
+    Column("value", String(512), nullable=False),
+    value_index=("value",),
+)
+
+#: composite: each component's normalized value joined with ``$`` into one key per
+#: combination, ``key`` compared exactly (e.g. ``http://loinc.org|8480-6$gt100``-style
+#: searches compile to ranges over component rows in the search engine)
+sp_composite = _index_table(
+    "sp_composite",
+    Column("key", String(512), nullable=False),
+    value_index=("key",),
+)
+
+INDEX_TABLES: dict[str, Table] = {
+    "token": sp_token,
+    "string": sp_string,
+    "date": sp_date,
+    "number": sp_number,
+    "quantity": sp_quantity,
+    "reference": sp_reference,
+    "uri": sp_uri,
+    "composite": sp_composite,
+}
