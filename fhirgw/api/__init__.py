@@ -1,1 +1,1 @@
-"""api"""
+"""HTTP only: routes, content negotiation, headers, and errors -> OperationOutcome."""

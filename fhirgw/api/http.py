@@ -1,0 +1,86 @@
+"""The HTTP surface: every FHIR interaction is routed to the REST router under /fhir."""
+from __future__ import annotations
+
+import logging
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from sqlalchemy import text
+
+from ..model.errors import FhirError, PayloadTooLarge, outcome_bytes
+from ..model.errors import Issue
+from ..rest import RestRequest, Router
+from .negotiation import check_body_type, check_format
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+log = logging.getLogger("fhirgw.api")
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def error_response(exc: FhirError) -> Response:
+    return Response(outcome_bytes(exc.issues), status_code=exc.status,
+                    media_type=FHIR_JSON, headers=exc.headers)
+
+
+def install(app: FastAPI, router: Router) -> None:
+    settings = router.settings
+
+    @app.exception_handler(FhirError)
+    async def _fhir_error(_request: Request, exc: FhirError):
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return Response(outcome_bytes([Issue("Internal server error; it has been logged",
+                                             code="exception", severity="fatal")]),
+                        status_code=500, media_type=FHIR_JSON)
+
+    def base_of(request: Request) -> str:
+        if settings.base_url:
+            return settings.base_url.rstrip("/")
+        host = request.headers.get("host") or "localhost"
+        return f"{request.url.scheme}://{host}/fhir"
+
+    async def fhir(request: Request, path: str = "") -> Response:
+        headers = request.headers
+        check_format(request.query_params.get("_format"), headers.get("accept"))
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            raise PayloadTooLarge(f"The body is {length} bytes; the limit is "
+                                  f"{settings.max_body_bytes}")
+        body = await request.body() if request.method in ("POST", "PUT", "PATCH") else None
+        if body is not None and len(body) > settings.max_body_bytes:
+            raise PayloadTooLarge(f"The body is larger than {settings.max_body_bytes} bytes")
+        check_body_type(headers.get("content-type"), bool(body))
+        rreq = RestRequest(
+            method=request.method, path=path,
+            query=request.query_params.multi_items(),
+            headers={k: v for k, v in headers.items()},
+            body=body, base=base_of(request))
+        rresp = await anyio.to_thread.run_sync(router.handle, rreq)
+        out_headers = dict(rresp.headers)
+        if request.method == "HEAD":
+            return Response(None, status_code=rresp.status, headers=out_headers,
+                            media_type=FHIR_JSON)
+        return Response(rresp.body, status_code=rresp.status, headers=out_headers,
+                        media_type=FHIR_JSON if rresp.body is not None else None)
+
+    app.add_api_route("/fhir", fhir, methods=METHODS, include_in_schema=False)
+    app.add_api_route("/fhir/{path:path}", fhir, methods=METHODS, include_in_schema=False)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz():
+        try:
+            with router.repo.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return Response(b'{"status":"unavailable"}', status_code=503,
+                            media_type="application/json")
+        return {"status": "ready"}

@@ -1,0 +1,31 @@
+"""create_app(settings): wires the rooms into a FastAPI application; nothing else."""
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api.http import install
+from .api.logging import AccessLog
+from .config import Settings
+from .rest import Router
+from .search import SearchEngine
+from .store.db import make_engine, migrate
+from .store.repository import Repository
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url, pool_size=settings.pool_size)
+    if settings.migrate:
+        migrate(engine)
+    search = SearchEngine()
+    repo = Repository(engine, search)
+    router = Router(repo, settings)
+    app = FastAPI(title="fhirgw", version=__version__,
+                  description="FHIR R4 gateway for virtual mental-health IOPs. "
+                              "The FHIR API lives under /fhir.")
+    app.state.settings = settings
+    app.state.router = router
+    install(app, router)
+    app.add_middleware(AccessLog)
+    return app

@@ -1,0 +1,35 @@
+"""Settings, from arguments or FHIRGW_* environment variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass
+class Settings:
+    #: SQLAlchemy URL: ``sqlite:///./fhirgw.db`` (default) or ``postgresql+psycopg://...``
+    database_url: str = field(default_factory=lambda: os.environ.get(
+        "FHIRGW_DATABASE_URL", "sqlite:///./fhirgw.db"))
+    #: the public base URL; empty means derived from each request (``http://host/fhir``)
+    base_url: str = field(default_factory=lambda: os.environ.get("FHIRGW_BASE_URL", ""))
+    #: most entries accepted in one batch/transaction Bundle (413 above)
+    max_bundle_entries: int = field(default_factory=lambda: _env_int(
+        "FHIRGW_MAX_BUNDLE_ENTRIES", 1000))
+    #: largest request body in bytes (413 above)
+    max_body_bytes: int = field(default_factory=lambda: _env_int(
+        "FHIRGW_MAX_BODY_BYTES", 32 * 1024 * 1024))
+    #: search page size when _count is absent, and the largest _count honoured
+    default_count: int = field(default_factory=lambda: _env_int("FHIRGW_DEFAULT_COUNT", 20))
+    max_count: int = field(default_factory=lambda: _env_int("FHIRGW_MAX_COUNT", 1000))
+    #: most resources a conditional delete with multiple matches removes
+    max_conditional_delete: int = field(default_factory=lambda: _env_int(
+        "FHIRGW_MAX_CONDITIONAL_DELETE", 100))
+    #: connection pool size per process
+    pool_size: int = field(default_factory=lambda: _env_int("FHIRGW_POOL_SIZE", 10))
+    #: apply migrations on start
+    migrate: bool = True

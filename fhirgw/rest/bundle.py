@@ -1,0 +1,428 @@
+"""Batch and transaction Bundles posted to the base URL (FHIR R4 http.html#transaction).
+
+A transaction is all or nothing, in one unit of work: entries are processed in the order
+the spec gives (DELETE, POST, PUT/PATCH, GET/HEAD), every ``fullUrl`` (``urn:uuid:`` or
+absolute) is mapped to the identity the server gives it, and every matching link in the
+Bundle is rewritten: references, uri-typed values, and ``href``/``src`` in narrative.
+Conditional references (``Patient?identifier=s|v``) resolve to exactly one match. A failure
+answers with the status of the failing entry and an OperationOutcome naming it.
+
+A batch runs each entry on its own, each with its own status and outcome. Both reuse the
+router's interactions; nothing here re-implements create or update.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from ..model import resources as res
+from ..model.errors import (BadRequest, FhirError, Issue, NotFound, PayloadTooLarge,
+                            PreconditionFailed, TooManyMatches, operation_outcome)
+from ..store.repository import Tx, instant, parse_etag
+from . import render
+
+log = logging.getLogger("fhirgw.bundle")
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    path: str
+    query: list[tuple[str, str]]
+    resource: Any
+    full_url: str | None
+    request: dict
+    #: identity this entry writes, once resolved ("Patient/123")
+    target: str | None = None
+    #: POST with If-None-Exist that matched: nothing to write
+    matched_id: str | None = None
+    response: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def _entry_error(entry_index: int, exc: FhirError) -> FhirError:
+    """The same error, its messages and expressions placed at the entry."""
+    prefix = f"Bundle.entry[{entry_index}]"
+    issues = []
+    for i in exc.issues:
+        exprs = []
+        for e in i.expression or []:
+            head, _, rest = e.partition(".")
+            if head[:1].isupper() and head.split("[")[0] in res.SUPPORTED:
+                exprs.append(f"{prefix}.resource" + (f".{rest}" if rest else ""))
+            else:
+                exprs.append(f"{prefix}.request" if not e.startswith("Bundle") else e)
+        issues.append(Issue(f"{prefix}: {i.diagnostics}", code=i.code, severity=i.severity,
+                            expression=exprs or [prefix]))
+    err = FhirError(issues=issues, status=exc.status)
+    err.headers = exc.headers
+    return err
+
+
+class BundleProcessor:
+    def __init__(self, router):
+        self.router = router
+
+    # ------------------------------------------------------------ parsing
+
+    def process(self, req):
+        bundle = req.json()
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise BadRequest("POST to the base URL takes a Bundle of type batch or transaction",
+                             expression="Bundle.resourceType")
+        btype = bundle.get("type")
+        if btype not in ("batch", "transaction"):
+            raise BadRequest(f"A Bundle posted to the base URL must be a batch or transaction, "
+                             f"not {btype!r} (store other Bundles with POST /Bundle)",
+                             expression="Bundle.type")
+        raw_entries = bundle.get("entry") or []
+        if not isinstance(raw_entries, list):
+            raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")
+        limit = self.router.settings.max_bundle_entries
+        if len(raw_entries) > limit:
+            raise PayloadTooLarge(f"The Bundle has {len(raw_entries)} entries; this server "
+                                  f"takes at most {limit} per Bundle", expression="Bundle.entry")
+        entries = [self._entry(i, e) for i, e in enumerate(raw_entries)]
+        if btype == "transaction":
+            for e in entries:
+                if isinstance(e, FhirError):
+                    raise e
+            body = self._transaction(req, entries)
+        else:
+            body = self._batch(req, entries)
+        from .router import RestResponse
+        return RestResponse(200, body, {})
+
+    def _entry(self, i: int, raw: Any) -> Entry | FhirError:
+        where = f"Bundle.entry[{i}]"
+        try:
+            if not isinstance(raw, dict):
+                raise BadRequest(f"{where} must be an object", expression=where)
+            request = raw.get("request")
+            if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+                raise BadRequest(f"{where}.request with method and url is required",
+                                 expression=f"{where}.request")
+            method = str(request["method"]).upper()
+            if method not in _ORDER:
+                raise BadRequest(f"{where}.request.method {method!r} is not a FHIR HTTP verb",
+                                 expression=f"{where}.request.method")
+            url = str(request["url"])
+            parts = urlsplit(url)
+            path = parts.path.strip("/")
+            base_path = urlsplit(self._base()).path.strip("/") if self._base() else ""
+            if parts.scheme and base_path and path.startswith(base_path + "/"):
+                path = path[len(base_path) + 1:]
+            resource = raw.get("resource")
+            if method in ("POST", "PUT") and not isinstance(resource, dict):
+                raise BadRequest(f"{where}.resource is required for {method}",
+                                 expression=f"{where}.resource")
+            if method == "PATCH":
+                resource = _patch_body(raw, where)
+            full_url = raw.get("fullUrl")
+            return Entry(i, method, url, path, parse_qsl(parts.query, keep_blank_values=True),
+                         resource, full_url if isinstance(full_url, str) else None, request)
+        except FhirError as exc:
+            return exc
+
+    def _base(self) -> str:
+        return self.router.settings.base_url
+
+    # ------------------------------------------------------------ transaction
+
+    def _transaction(self, req, entries: list[Entry]) -> bytes:
+        # structural validation first, outside the database transaction
+        for e in entries:
+            if e.method in ("POST", "PUT"):
+                rtype = e.path.split("/")[0].split("?")[0]
+                try:
+                    res.check_type(rtype)
+                    self.router.repo.validator(e.resource, rtype)
+                except FhirError as exc:
+                    raise _entry_error(e.index, exc) from None
+
+        def unit(tx: Tx):
+            work = [orjson.loads(orjson.dumps(e.resource, default=res._default))
+                    if isinstance(e.resource, dict) else e.resource for e in entries]
+            for e, body in zip(entries, work):
+                e.extra["body"] = body
+            mapping = self._resolve_identities(tx, entries)
+            for e in entries:
+                try:
+                    if isinstance(e.extra["body"], (dict, list)):
+                        e.extra["body"] = self._rewrite(tx, e.extra["body"], mapping)
+                except FhirError as exc:
+                    raise _entry_error(e.index, exc) from None
+            for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+                try:
+                    e.response = self._execute(req, tx, e)
+                except FhirError as exc:
+                    raise _entry_error(e.index, exc) from None
+            return self._response_bundle(req, entries, "transaction-response")
+
+        return self.router.repo.run(unit)
+
+    def _resolve_identities(self, tx: Tx, entries: list[Entry]) -> dict[str, str]:
+        mapping: dict[str, str] = {}
+        seen: dict[str, int] = {}
+        for e in entries:
+            try:
+                target = self._identity(tx, e)
+            except FhirError as exc:
+                raise _entry_error(e.index, exc) from None
+            if target is None:
+                continue
+            e.target = target
+            if e.method != "GET" and e.method != "HEAD":
+                if target in seen:
+                    raise BadRequest(
+                        f"Bundle.entry[{e.index}] and Bundle.entry[{seen[target]}] both "
+                        f"change {target}; a transaction may touch a resource once",
+                        expression=f"Bundle.entry[{e.index}].request.url")
+                seen[target] = e.index
+            if e.full_url and e.full_url != target:
+                mapping[e.full_url] = target
+                if e.full_url.startswith("urn:uuid:") or e.full_url.startswith("urn:oid:"):
+                    continue
+                # an absolute fullUrl: references may use its relative tail too
+        return mapping
+
+    def _identity(self, tx: Tx, e: Entry) -> str | None:
+        segs = e.path.split("/")
+        rtype = segs[0]
+        if e.method == "POST":
+            if len(segs) != 1:
+                raise BadRequest(f"POST url must be a resource type, got {e.url!r}",
+                                 expression="request.url")
+            res.check_type(rtype)
+            cond = e.request.get("ifNoneExist")
+            if cond:
+                from .router import _condition
+                items = _condition(cond)
+                tx.lock(f"{rtype}?{sorted(items)}")
+                found = tx.find(rtype, items)
+                if len(found) > 1:
+                    raise TooManyMatches(f"ifNoneExist matched {len(found)} {rtype} resources",
+                                         expression="request.ifNoneExist")
+                if found:
+                    e.matched_id = found[0][1]
+                    return f"{rtype}/{found[0][1]}"
+            return f"{rtype}/{uuid.uuid4()}"
+        if e.method in ("PUT", "PATCH", "DELETE") and len(segs) == 1 and e.query:
+            res.check_type(rtype)
+            if e.method == "DELETE":
+                return None
+            tx.lock(f"{rtype}?{sorted(e.query)}")
+            found = tx.find(rtype, e.query)
+            if len(found) > 1:
+                raise TooManyMatches(f"The condition matched {len(found)} {rtype} resources",
+                                     expression="request.url")
+            if found:
+                return f"{rtype}/{found[0][1]}"
+            if e.method == "PATCH":
+                raise NotFound(f"Conditional patch {e.url!r} matched nothing")
+            body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
+            return f"{rtype}/{body_id or uuid.uuid4()}"
+        if e.method in ("PUT", "PATCH", "DELETE"):
+            if len(segs) != 2:
+                raise BadRequest(f"{e.method} url must be [type]/[id], got {e.url!r}",
+                                 expression="request.url")
+            res.check_type(rtype)
+            return f"{rtype}/{segs[1]}"
+        return None
+
+    _CONDREF = re.compile(r"^[A-Z][A-Za-z]+\?")
+
+    def _rewrite(self, tx: Tx, node: Any, mapping: dict[str, str]) -> Any:
+        """Replace every link to a Bundle fullUrl; resolve conditional references."""
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                if k == "reference" and isinstance(v, str):
+                    if v in mapping:
+                        v = mapping[v]
+                    elif self._CONDREF.match(v):
+                        v = self._conditional_reference(tx, v)
+                    out[k] = v
+                elif k == "div" and isinstance(v, str) and mapping:
+                    out[k] = self._rewrite_narrative(v, mapping)
+                else:
+                    out[k] = self._rewrite(tx, v, mapping)
+            return out
+        if isinstance(node, list):
+            return [self._rewrite(tx, v, mapping) for v in node]
+        if isinstance(node, str) and node in mapping:
+            return mapping[node]
+        return node
+
+    @staticmethod
+    def _rewrite_narrative(div: str, mapping: dict[str, str]) -> str:
+        def sub(m: re.Match) -> str:
+            url = m.group(2)
+            return f'{m.group(1)}"{mapping.get(url, url)}"'
+        return re.sub(r'((?:href|src)=)"([^"]*)"', sub, div)
+
+    def _conditional_reference(self, tx: Tx, ref: str) -> str:
+        rtype, _, q = ref.partition("?")
+        res.check_type(rtype)
+        items = parse_qsl(q, keep_blank_values=True)
+        found = tx.find(rtype, items)
+        if not found:
+            raise NotFound(f"The conditional reference {ref!r} matched no {rtype}",
+                           code="not-found", expression="reference")
+        if len(found) > 1:
+            raise PreconditionFailed(f"The conditional reference {ref!r} matched "
+                                     f"{len(found)} resources; it must match exactly one",
+                                     code="multiple-matches")
+        return f"{rtype}/{found[0][1]}"
+
+    def _execute(self, req, tx: Tx, e: Entry):
+        body = e.extra.get("body")
+        if e.method == "POST":
+            rtype, _, new_id = e.target.partition("/")
+            if e.matched_id:
+                from ..store.repository import WriteResult
+                return ("write", WriteResult(tx.read(rtype, e.matched_id), matched=True), 200)
+            body = dict(body)
+            body.pop("id", None)
+            result = tx.create(rtype, body, res_id=new_id, validated=True)
+            return ("write", result, 201)
+        if e.method == "PUT":
+            rtype, _, rid = e.target.partition("/")
+            body = dict(body)
+            if e.query:  # conditional update resolved to an identity
+                body["id"] = rid
+            if_match = parse_etag(e.request.get("ifMatch"))
+            result = tx.update(rtype, rid, body, if_match=if_match, validated=False)
+            return ("write", result, 201 if result.created else 200)
+        if e.method == "PATCH":
+            rtype, _, rid = e.target.partition("/")
+            if_match = parse_etag(e.request.get("ifMatch"))
+            result = tx.patch(rtype, rid, body, if_match=if_match)
+            return ("write", result, 200)
+        if e.method == "DELETE":
+            rtype = e.path.split("/")[0]
+            if e.query:
+                deleted = tx.conditional_delete(rtype, e.query)
+                return ("status", None, 204)
+            tx.delete(rtype, e.path.split("/")[1]) if _exists(tx, rtype, e.path.split("/")[1]) else None
+            return ("status", None, 204)
+        # GET / HEAD: through the router, inside this transaction
+        from .router import RestRequest
+        sub = RestRequest(e.method, e.path, e.query, _entry_headers(e.request), None,
+                          base=req.base)
+        return ("rest", self.router.handle(sub, tx), None)
+
+    # ------------------------------------------------------------ batch
+
+    def _batch(self, req, entries: list[Entry | FhirError]) -> bytes:
+        from .router import RestRequest
+        out = []
+        for e in entries:
+            if isinstance(e, FhirError):
+                out.append(_error_entry(e))
+                continue
+            try:
+                headers = _entry_headers(e.request)
+                if e.method == "PATCH":
+                    headers.setdefault("content-type", "application/json-patch+json")
+                sub = RestRequest(e.method, e.path, e.query, headers, None,
+                                  parsed=e.resource, base=req.base)
+                e.response = ("rest", self.router.handle(sub), None)
+                out.append(self._entry_response(req, e))
+            except FhirError as exc:
+                out.append(_error_entry(exc))
+            except Exception:  # one entry's bug must not lose the others' results
+                log.exception("batch entry %s failed", e.index)
+                out.append(_error_entry(FhirError("Internal error processing this entry",
+                                                  status=500, code="exception")))
+        return orjson.dumps({"resourceType": "Bundle", "id": str(uuid.uuid4()),
+                             "type": "batch-response", "entry": out})
+
+    # ------------------------------------------------------------ responses
+
+    def _response_bundle(self, req, entries: list[Entry], btype: str) -> bytes:
+        return orjson.dumps({"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": btype,
+                             "entry": [self._entry_response(req, e) for e in entries]})
+
+    def _entry_response(self, req, e: Entry) -> dict:
+        from .router import _prefer
+        kind, value, status = e.response
+        if kind == "write":
+            stored = value.stored
+            out: dict = {}
+            if _prefer(req, "return") != "minimal":
+                out["resource"] = render.fragment(stored.body)
+            out["response"] = {
+                "status": render.status_line(status),
+                "location": f"{stored.res_type}/{stored.res_id}/_history/{stored.version}",
+                "etag": stored.etag, "lastModified": instant(stored.last_updated)}
+            if e.full_url:
+                out = {"fullUrl": f"{req.base}/{stored.res_type}/{stored.res_id}", **out}
+            return out
+        if kind == "status":
+            return {"response": {"status": render.status_line(status)}}
+        rest = value
+        out = {}
+        if rest.body is not None and e.method != "HEAD":
+            out["resource"] = render.fragment(rest.body)
+        response: dict = {"status": render.status_line(rest.status)}
+        if rest.stored is not None:
+            response["etag"] = rest.stored.etag
+            response["lastModified"] = instant(rest.stored.last_updated)
+            if rest.status == 201:
+                s = rest.stored
+                response["location"] = f"{s.res_type}/{s.res_id}/_history/{s.version}"
+        out["response"] = response
+        return out
+
+
+def _exists(tx: Tx, rtype: str, rid: str) -> bool:
+    try:
+        tx.read(rtype, rid)
+        return True
+    except FhirError:
+        return False
+
+
+def _entry_headers(request: dict) -> dict[str, str]:
+    headers = {}
+    for key, name in (("ifMatch", "if-match"), ("ifNoneMatch", "if-none-match"),
+                      ("ifNoneExist", "if-none-exist"), ("ifModifiedSince", "if-modified-since")):
+        if request.get(key):
+            headers[name] = str(request[key])
+    return headers
+
+
+def _error_entry(exc: FhirError) -> dict:
+    return {"response": {"status": render.status_line(exc.status),
+                         "outcome": operation_outcome(exc.issues)}}
+
+
+def _patch_body(raw: dict, where: str) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (base64) or as Parameters-less JSON."""
+    resource = raw.get("resource")
+    if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+        import base64
+        try:
+            return orjson.loads(base64.b64decode(resource.get("data", "")))
+        except Exception:
+            raise BadRequest(f"{where}.resource: the Binary does not hold a JSON Patch",
+                             expression=f"{where}.resource.data") from None
+    if isinstance(resource, list):
+        return resource
+    raise BadRequest(f"{where}: a PATCH entry carries a JSON Patch as a Binary resource "
+                     "(contentType application/json-patch+json)", expression=f"{where}.resource")

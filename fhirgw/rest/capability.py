@@ -1,0 +1,66 @@
+"""The CapabilityStatement, generated from what the router and the search engine really do."""
+from __future__ import annotations
+
+from .. import FHIR_VERSION, __version__
+from ..model.resources import RESOURCE_TYPES
+from ..store.repository import clock, instant
+
+# router handler name -> (level, FHIR interaction code)
+_INTERACTIONS = {
+    "read": ("type", "read"), "vread": ("type", "vread"), "update": ("type", "update"),
+    "patch": ("type", "patch"), "delete": ("type", "delete"),
+    "history_instance": ("type", "history-instance"), "history_type": ("type", "history-type"),
+    "create": ("type", "create"), "search_type": ("type", "search-type"),
+    "bundle": ("system", "transaction"), "history_system": ("system", "history-system"),
+    "search_system": ("system", "search-system"),
+}
+
+
+def capability_statement(router) -> dict:
+    from .router import _ROUTES
+
+    handlers = {name for _m, _rx, name in _ROUTES}
+    type_codes = [code for name, (lvl, code) in _INTERACTIONS.items()
+                  if lvl == "type" and name in handlers]
+    system = [{"code": code} for name, (lvl, code) in _INTERACTIONS.items()
+              if lvl == "system" and name in handlers]
+    if "bundle" in handlers:
+        system.append({"code": "batch"})
+    registry = router.search.registry
+    resources = []
+    for rtype in RESOURCE_TYPES:
+        params = registry.params_for(rtype)
+        entry = {
+            "type": rtype,
+            "interaction": [{"code": c} for c in type_codes],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": "create" in handlers,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": "conditional_update" in handlers,
+            "conditionalDelete": "multiple" if "conditional_delete" in handlers else "not-supported",
+            "referencePolicy": ["literal", "logical", "local"],
+            "searchParam": [
+                {k: v for k, v in (("name", code), ("definition", getattr(p, "url", None)),
+                                   ("type", getattr(p, "type", None))) if v}
+                for code, p in sorted(params.items())
+            ],
+        }
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": instant(clock.now())[:10],
+        "kind": "instance",
+        "software": {"name": "fhirgw", "version": __version__},
+        "implementation": {"description": "fhirgw FHIR R4 gateway for virtual IOPs"},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": system,
+        }],
+    }

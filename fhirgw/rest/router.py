@@ -1,0 +1,362 @@
+"""The FHIR R4 REST interactions (http.html) as one routing table over the Repository.
+
+Each handler pulls its parameters, calls the repository inside one unit of work, and returns
+a ``RestResponse``. Errors are raised as ``FhirError`` and become an OperationOutcome in one
+place: the HTTP exception handler, or the Bundle processor for an entry.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from ..config import Settings
+from ..model import resources as res
+from ..model.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
+from ..store.repository import Repository, Stored, Tx, WriteResult, parse_etag
+from . import render
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+# parameters that shape the response, not the search
+_CONTROL = {"_format", "_pretty", "_cursor"}
+
+
+@dataclass
+class RestRequest:
+    method: str
+    path: str                                   # relative to the base: "Patient/123"
+    query: list[tuple[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)   # lower-case names
+    body: bytes | None = None
+    parsed: Any = None                          # the body already parsed (Bundle entries)
+    base: str = ""                              # "http://host:port/fhir"
+
+    @classmethod
+    def from_url(cls, method: str, url: str, **kw) -> "RestRequest":
+        parts = urlsplit(url)
+        return cls(method, parts.path.strip("/"), parse_qsl(parts.query, keep_blank_values=True),
+                   **kw)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def json(self) -> Any:
+        if self.parsed is None:
+            if not self.body:
+                raise BadRequest("This interaction needs a request body", code="required")
+            self.parsed = res.loads(self.body)
+        return self.parsed
+
+    @property
+    def search_items(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self.query if k not in _CONTROL]
+
+    def param(self, name: str) -> str | None:
+        for k, v in self.query:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass
+class RestResponse:
+    status: int
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: for Bundle entries: the stored version behind this response
+    stored: Stored | None = None
+
+
+def _prefer(req: RestRequest, key: str) -> str | None:
+    raw = req.header("prefer")
+    if not raw:
+        return None
+    for part in raw.split(";" if ";" in raw else ","):
+        k, _, v = part.strip().partition("=")
+        if k.strip() == key:
+            return v.strip().strip('"')
+    return None
+
+
+_ROUTES: list[tuple[str, re.Pattern, str]] = []
+
+
+def route(method: str, pattern: str):
+    """Register a handler: ``{type}``, ``{id}``, ``{vid}``, ``{ctype}`` are path segments."""
+    rx = "^" + re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>[^/]+)", pattern) + "$"
+
+    def deco(fn):
+        _ROUTES.append((method, re.compile(rx), fn.__name__))
+        return fn
+    return deco
+
+
+class Router:
+    def __init__(self, repo: Repository, settings: Settings | None = None):
+        self.repo = repo
+        self.settings = settings or Settings()
+        self.search = repo.search_engine
+        from .bundle import BundleProcessor
+        from .capability import capability_statement
+        self.bundles = BundleProcessor(self)
+        self._capability = capability_statement
+        self._capability_cache: bytes | None = None
+
+    # ------------------------------------------------------------ dispatch
+
+    def handle(self, req: RestRequest, tx: Tx | None = None) -> RestResponse:
+        """Route a request. With ``tx`` the interaction joins that transaction (Bundles)."""
+        method = req.method.upper()
+        if method == "HEAD":
+            method = "GET"
+        path = req.path.strip("/")
+        allowed = []
+        for m, rx, name in _ROUTES:
+            match = rx.match(path)
+            if match is None:
+                continue
+            if m != method:
+                allowed.append(m)
+                continue
+            params = match.groupdict()
+            if "type" in params:
+                res.check_type(params["type"])
+            return getattr(self, name)(req, tx, **params)
+        if allowed:
+            raise MethodNotAllowed(f"{method} is not allowed on /{path} (allowed: "
+                                   f"{', '.join(sorted(set(allowed)))})",
+                                   headers={"Allow": ", ".join(sorted(set(allowed)))})
+        first = path.split("/", 1)[0]
+        if first and not first.startswith(("$", "_")) and first != "metadata":
+            res.check_type(first)
+        if "$" in path:
+            raise NotFound(f"Operation {path.rsplit('/', 1)[-1]} is not supported on /{path}",
+                           code="not-supported")
+        raise NotFound(f"No FHIR interaction at /{path}", code="not-supported")
+
+    def _run(self, tx: Tx | None, fn: Callable[[Tx], Any], write: bool = True):
+        return fn(tx) if tx is not None else self.repo.run(fn, write=write)
+
+    # ------------------------------------------------------------ responses
+
+    def _write_response(self, req: RestRequest, result: WriteResult, status: int) -> RestResponse:
+        stored = result.stored
+        headers = render.version_headers(stored, req.base)
+        if status != 201:
+            headers.pop("Location", None)
+            headers["Content-Location"] = (f"{req.base}/{stored.res_type}/{stored.res_id}"
+                                           f"/_history/{stored.version}")
+        prefer = _prefer(req, "return")
+        if prefer == "minimal":
+            body = None
+        elif prefer == "OperationOutcome":
+            body = render.created_outcome(stored, result.created)
+        else:
+            body = stored.body
+        return RestResponse(status, body, headers, stored=stored)
+
+    def _resource_response(self, req: RestRequest, stored: Stored) -> RestResponse:
+        headers = {"ETag": stored.etag, "Last-Modified": render.http_date(stored.last_updated)}
+        inm = req.header("if-none-match")
+        if inm and inm.strip() in (stored.etag, f'"{stored.version}"'):
+            return RestResponse(304, None, headers, stored=stored)
+        return RestResponse(200, stored.body, headers, stored=stored)
+
+    def _if_match(self, req: RestRequest) -> int | None:
+        return parse_etag(req.header("if-match"))
+
+    # ------------------------------------------------------------ instance level
+
+    @route("GET", "{type}/{id}")
+    def read(self, req, tx, type, id):
+        return self._resource_response(req, self._run(tx, lambda t: t.read(type, id), False))
+
+    @route("GET", "{type}/{id}/_history/{vid}")
+    def vread(self, req, tx, type, id, vid):
+        if not vid.isdigit():
+            raise NotFound(f"Version {vid!r} is not a version id", expression="versionId")
+        return self._resource_response(
+            req, self._run(tx, lambda t: t.vread(type, id, int(vid)), False))
+
+    @route("PUT", "{type}/{id}")
+    def update(self, req, tx, type, id):
+        body = req.json()
+        self.repo.validator(body, type)
+        if_match = self._if_match(req)
+        result = self._run(tx, lambda t: t.update(type, id, body, if_match=if_match,
+                                                   validated=True))
+        return self._write_response(req, result, 201 if result.created else 200)
+
+    @route("PATCH", "{type}/{id}")
+    def patch(self, req, tx, type, id):
+        ctype = (req.header("content-type") or "").split(";")[0].strip()
+        if ctype and ctype not in ("application/json-patch+json", "application/json"):
+            from ..model.errors import UnsupportedMediaType
+            raise UnsupportedMediaType(
+                f"PATCH takes a JSON Patch (application/json-patch+json), not {ctype}")
+        ops = req.json()
+        if_match = self._if_match(req)
+        result = self._run(tx, lambda t: t.patch(type, id, ops, if_match=if_match))
+        return self._write_response(req, result, 200)
+
+    @route("DELETE", "{type}/{id}")
+    def delete(self, req, tx, type, id):
+        if_match = self._if_match(req)
+        stored = self._run(tx, lambda t: t.delete(type, id, if_match=if_match))
+        headers = {"ETag": stored.etag} if stored else {}
+        return RestResponse(204, None, headers, stored=stored)
+
+    @route("GET", "{type}/{id}/_history")
+    def history_instance(self, req, tx, type, id):
+        return self._history(req, tx, type, id)
+
+    # ------------------------------------------------------------ type level
+
+    @route("POST", "{type}")
+    def create(self, req, tx, type):
+        body = req.json()
+        self.repo.validator(body, type)
+        body.pop("id", None)  # the server assigns the id of a created resource
+        cond = req.header("if-none-exist")
+        items = _condition(cond) if cond else None
+        result = self._run(tx, lambda t: t.create(type, body, if_none_exist=items,
+                                                   validated=True))
+        if result.matched:
+            return self._write_response(req, result, 200)
+        return self._write_response(req, result, 201)
+
+    @route("PUT", "{type}")
+    def conditional_update(self, req, tx, type):
+        items = req.search_items
+        body = req.json()
+        self.repo.validator(body, type)
+        if_match = self._if_match(req)
+        result = self._run(tx, lambda t: t.conditional_update(type, items, body,
+                                                               if_match=if_match))
+        return self._write_response(req, result, 201 if result.created else 200)
+
+    @route("DELETE", "{type}")
+    def conditional_delete(self, req, tx, type):
+        items = req.search_items
+        multiple = _prefer(req, "handling") == "multiple" or req.header(
+            "x-conditional-delete") == "multiple"
+        deleted = self._run(tx, lambda t: t.conditional_delete(
+            type, items, multiple=True if multiple else False,
+            max_matches=self.settings.max_conditional_delete))
+        if not deleted:
+            return RestResponse(204, None, {})
+        return RestResponse(204, None, {"ETag": deleted[0].etag} if len(deleted) == 1 else {})
+
+    @route("GET", "{type}/_history")
+    def history_type(self, req, tx, type):
+        return self._history(req, tx, type, None)
+
+    @route("GET", "{type}")
+    def search_type(self, req, tx, type):
+        return self._search(req, tx, [type], type, req.search_items)
+
+    @route("POST", "{type}/_search")
+    def search_post(self, req, tx, type):
+        ctype = (req.header("content-type") or "").split(";")[0].strip()
+        if ctype != "application/x-www-form-urlencoded":
+            from ..model.errors import UnsupportedMediaType
+            raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
+        form = parse_qsl((req.body or b"").decode(), keep_blank_values=True)
+        items = [(k, v) for k, v in req.query + form if k not in _CONTROL]
+        return self._search(req, tx, [type], type, items)
+
+    @route("GET", "{type}/{id}/{ctype}")
+    def compartment(self, req, tx, type, id, ctype):
+        res.check_type(ctype)
+        return self._search(req, tx, [ctype], ctype, req.search_items, compartment=(type, id))
+
+    # ------------------------------------------------------------ system level
+
+    @route("GET", "metadata")
+    def metadata(self, req, tx):
+        if self._capability_cache is None:
+            self._capability_cache = orjson.dumps(self._capability(self))
+        return RestResponse(200, self._capability_cache, {})
+
+    @route("POST", "")
+    def bundle(self, req, tx):
+        if tx is not None:
+            raise BadRequest("A Bundle cannot be posted inside a Bundle entry")
+        return self.bundles.process(req)
+
+    @route("GET", "_history")
+    def history_system(self, req, tx):
+        return self._history(req, tx, None, None)
+
+    @route("GET", "")
+    def search_system(self, req, tx):
+        types = None
+        items = []
+        for k, v in req.search_items:
+            if k == "_type":
+                types = [t.strip() for t in v.split(",") if t.strip()]
+                for t in types:
+                    res.check_type(t)
+            else:
+                items.append((k, v))
+        return self._search(req, tx, types, None, items)
+
+    # ------------------------------------------------------------ shared
+
+    def _history(self, req: RestRequest, tx, type, id) -> RestResponse:
+        since = _instant_param(req.param("_since"), "_since")
+        at = _instant_param(req.param("_at"), "_at")
+        count = _count_param(req.param("_count"), self.settings)
+        cursor = req.param("_cursor")
+        if cursor is not None and not cursor.isdigit():
+            raise BadRequest("_cursor is not one this server issued", expression="_cursor")
+        page = self._run(tx, lambda t: t.history(type, id, since=since, at=at, count=count,
+                                                 cursor=int(cursor) if cursor else None), False)
+        path = "/".join(p for p in (type, id, "_history") if p)
+        items = [(k, v) for k, v in req.query if k != "_cursor"]
+        self_url = render.bundle_link(req.base, path, req.query)
+        next_url = (render.bundle_link(req.base, path, items + [("_cursor", str(page.next_cursor))])
+                    if page.next_cursor else None)
+        return RestResponse(200, render.history_bundle(page.entries, req.base, self_url,
+                                                       next_url, page.total), {})
+
+    def _search(self, req: RestRequest, tx, types, type_for_parse, items, compartment=None):
+        from .search import search_response
+        return search_response(self, req, tx, types, type_for_parse, items, compartment)
+
+
+def _condition(value: str) -> list[tuple[str, str]]:
+    """``If-None-Exist: identifier=http://x|1`` (with or without a leading ``Type?``)."""
+    q = value.split("?", 1)[1] if "?" in value else value
+    items = parse_qsl(q, keep_blank_values=True)
+    if not items:
+        raise BadRequest(f"If-None-Exist {value!r} holds no search parameters",
+                         expression="If-None-Exist")
+    return items
+
+
+def _count_param(value: str | None, settings: Settings) -> int:
+    if value is None:
+        return settings.default_count
+    if not value.isdigit():
+        raise BadRequest(f"_count must be a whole number, got {value!r}", expression="_count")
+    return min(int(value), settings.max_count)
+
+
+def _instant_param(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    from datetime import datetime, timezone
+    v = value.strip().replace("Z", "+00:00")
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise BadRequest(f"{name} must be a FHIR instant such as 2026-01-01T00:00:00Z, got "
+                         f"{value!r}", expression=name) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1_000_000)

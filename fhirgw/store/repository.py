@@ -1,0 +1,448 @@
+"""The Repository: every FHIR interaction on storage, each inside one unit of work.
+
+``Repository.run(fn)`` opens a write transaction, calls ``fn(tx)`` and commits; a deadlock
+or serialization failure on PostgreSQL retries the whole unit. ``Tx`` names each storage
+interaction of FHIR R4 (http.html) once: create, read, vread, update, patch, delete,
+history, search and the conditional forms, which are written on top of the primitives.
+
+Concurrency: on SQLite every writer begins with ``BEGIN IMMEDIATE`` (one writer at a time,
+so check-then-write is atomic). On PostgreSQL each write takes a transaction-scoped advisory
+lock on the resource (``Type/id``) and each conditional interaction one on its condition
+(``Type?query``), so eight identical ``If-None-Exist`` creates produce one resource and two
+``If-Match`` updates of the same version cannot both win, while writes to different
+resources run in parallel.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import jsonpatch
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ..model import resources as res
+from ..model.errors import (BadRequest, Conflict, Gone, NotFound, PreconditionFailed,
+                            TooManyMatches, Unprocessable)
+from .tables import INDEX_TABLES, resource, resource_history
+
+T = TypeVar("T")
+Validator = Callable[[dict, str], dict]
+
+
+# ---------------------------------------------------------------- time
+
+class _Clock:
+    """Microseconds since the epoch, strictly increasing within the process."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def now(self) -> int:
+        with self._lock:
+            t = time.time_ns() // 1000
+            if t <= self._last:
+                t = self._last + 1
+            self._last = t
+            return t
+
+
+clock = _Clock()
+
+
+def instant(us: int) -> str:
+    """FHIR instant for epoch microseconds: ``2026-11-28T10:40:02.123456+00:00``."""
+    dt = datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us % 1_000_000:06d}+00:00"
+
+
+def http_date(us: int) -> str:
+    dt = datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return dt.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One version of a resource as stored (``body`` is None for a deletion)."""
+
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: int
+    deleted: bool
+    body: bytes | None
+    method: str = "PUT"
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def ref(self) -> str:
+        return f"{self.res_type}/{self.res_id}"
+
+    def resource(self) -> dict:
+        return res.loads(self.body) if self.body is not None else {}
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    stored: Stored
+    created: bool = False
+    #: a conditional create that matched an existing resource (nothing written)
+    matched: bool = False
+
+
+@dataclass
+class HistoryPage:
+    entries: list[Stored]
+    next_cursor: int | None
+    total: int | None = None
+
+
+def _lock_key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def parse_etag(value: str | None) -> int | None:
+    """``W/"3"`` or ``"3"`` or ``3`` -> 3."""
+    if value is None:
+        return None
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise BadRequest(f"If-Match must be an ETag such as W/\"3\", got {value!r}",
+                         expression="If-Match")
+    return int(v)
+
+
+def _with_meta(body: dict, res_id: str, version: int, last_updated: int) -> dict:
+    """The stored form: id and meta.versionId/lastUpdated set by the server, first keys."""
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(last_updated)
+    out = {"resourceType": body["resourceType"], "id": res_id, "meta": meta}
+    for k, v in body.items():
+        if k not in out:
+            out[k] = v
+    return out
+
+
+# ---------------------------------------------------------------- repository
+
+class Repository:
+    def __init__(self, engine: Engine, search: Any, validator: Validator | None = None,
+                 max_retries: int = 5):
+        self.engine = engine
+        self.search_engine = search
+        self.validator = validator or (lambda body, rtype: res.validate(body, rtype))
+        self.is_pg = engine.dialect.name == "postgresql"
+        self.max_retries = max_retries
+        self.hooks: list[Callable[["Tx", Stored], None]] = []
+
+    @contextmanager
+    def connect(self, write: bool = False):
+        conn = self.engine.connect()
+        if write:
+            conn = conn.execution_options(fhirgw_write=True)
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.close()
+
+    def run(self, fn: Callable[["Tx"], T], write: bool = True) -> T:
+        """Call ``fn(tx)`` in one transaction; retry it on deadlock/serialization failure."""
+        attempt = 0
+        while True:
+            try:
+                with self.connect(write=write) as conn:
+                    return fn(Tx(self, conn))
+            except DBAPIError as exc:
+                attempt += 1
+                if attempt > self.max_retries or not self._retryable(exc):
+                    raise
+                time.sleep(0.005 * attempt)
+
+    def _retryable(self, exc: DBAPIError) -> bool:
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if code in ("40001", "40P01", "23505"):
+            return True
+        return "database is locked" in str(exc.orig)
+
+    # read-only conveniences (each its own short transaction)
+    def read(self, res_type: str, res_id: str) -> Stored:
+        return self.run(lambda tx: tx.read(res_type, res_id), write=False)
+
+
+class Tx:
+    """The storage interactions, inside one open transaction on ``conn``."""
+
+    def __init__(self, repo: Repository, conn: Connection):
+        self.repo = repo
+        self.conn = conn
+
+    # ------------------------------------------------------------ locks
+
+    def lock(self, key: str) -> None:
+        if self.repo.is_pg:
+            self.conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key(key),))
+
+    # ------------------------------------------------------------ reads
+
+    def _current_row(self, res_type: str, res_id: str):
+        return self.conn.execute(
+            select(resource.c.rid, resource.c.version, resource.c.last_updated,
+                   resource.c.deleted, resource.c.body)
+            .where(resource.c.res_type == res_type, resource.c.res_id == res_id)
+        ).first()
+
+    def read(self, res_type: str, res_id: str) -> Stored:
+        row = self._current_row(res_type, res_id)
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} is not known", expression=f"{res_type}.id")
+        if row.deleted:
+            raise Gone(f"{res_type}/{res_id} was deleted (version {row.version})",
+                       headers={"ETag": f'W/"{row.version}"'})
+        return Stored(res_type, res_id, row.version, row.last_updated, False, row.body)
+
+    def vread(self, res_type: str, res_id: str, version: int) -> Stored:
+        row = self.conn.execute(
+            select(resource_history.c.version, resource_history.c.last_updated,
+                   resource_history.c.deleted, resource_history.c.body,
+                   resource_history.c.method)
+            .where(resource_history.c.res_type == res_type, resource_history.c.res_id == res_id,
+                   resource_history.c.version == version)
+        ).first()
+        if row is None:
+            if self._current_row(res_type, res_id) is None:
+                raise NotFound(f"{res_type}/{res_id} is not known")
+            raise NotFound(f"{res_type}/{res_id} has no version {version}",
+                           expression=f"{res_type}.meta.versionId")
+        if row.deleted:
+            raise Gone(f"Version {version} of {res_type}/{res_id} is a deletion")
+        return Stored(res_type, res_id, row.version, row.last_updated, False, row.body, row.method)
+
+    def history(self, res_type: str | None = None, res_id: str | None = None, *,
+                since: int | None = None, at: int | None = None, count: int = 50,
+                cursor: int | None = None, with_total: bool = True) -> HistoryPage:
+        h = resource_history.c
+        cond = []
+        if res_type is not None:
+            cond.append(h.res_type == res_type)
+        if res_id is not None:
+            cond.append(h.res_id == res_id)
+            if self._current_row(res_type, res_id) is None:
+                raise NotFound(f"{res_type}/{res_id} is not known")
+        if since is not None:
+            cond.append(h.last_updated >= since)
+        if at is not None:
+            cond.append(h.last_updated <= at)
+        total = None
+        if with_total:
+            from sqlalchemy import func
+            total = self.conn.execute(select(func.count()).select_from(resource_history)
+                                      .where(and_(True, *cond))).scalar_one()
+        if cursor is not None:
+            cond.append(h.seq < cursor)
+        rows = self.conn.execute(
+            select(h.seq, h.res_type, h.res_id, h.version, h.last_updated, h.deleted, h.body,
+                   h.method)
+            .where(and_(True, *cond)).order_by(h.seq.desc()).limit(count + 1)
+        ).all()
+        more = len(rows) > count
+        rows = rows[:count]
+        entries = [Stored(r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.body,
+                          r.method) for r in rows]
+        return HistoryPage(entries, rows[-1].seq if more and rows else None, total)
+
+    # ------------------------------------------------------------ search
+
+    def find(self, res_type: str, items: list[tuple[str, str]], limit: int | None = 2
+             ) -> list[tuple[int, str]]:
+        """(rid, id) of current resources matching a condition such as ``identifier=s|v``."""
+        if not items:
+            raise BadRequest(f"A conditional interaction on {res_type} needs search criteria",
+                             code="invalid")
+        query = self.repo.search_engine.parse(res_type, items, strict=True)
+        return self.repo.search_engine.find(self.conn, res_type, query, limit=limit)
+
+    # ------------------------------------------------------------ writes
+
+    def _write(self, res_type: str, res_id: str, body: dict | None, method: str,
+               current=None) -> Stored:
+        """Write a new version: resource row, history row, index rows. No checks here."""
+        now = clock.now()
+        version = (current.version + 1) if current is not None else 1
+        deleted = body is None
+        data = None
+        if body is not None:
+            body = _with_meta(body, res_id, version, now)
+            data = res.dumps(body)
+        if current is None:
+            rid = self.conn.execute(
+                insert(resource).values(res_type=res_type, res_id=res_id, version=version,
+                                        last_updated=now, deleted=deleted, body=data)
+                .returning(resource.c.rid)
+            ).scalar_one()
+        else:
+            rid = current.rid
+            self.conn.execute(
+                update(resource).where(resource.c.rid == rid)
+                .values(version=version, last_updated=now, deleted=deleted, body=data))
+            self._drop_index(rid)
+        self.conn.execute(insert(resource_history).values(
+            rid=rid, res_type=res_type, res_id=res_id, version=version, last_updated=now,
+            method=method, deleted=deleted, body=data))
+        if body is not None:
+            self._index(rid, res_type, body)
+        stored = Stored(res_type, res_id, version, now, deleted, data, method)
+        for hook in self.repo.hooks:
+            hook(self, stored)
+        return stored
+
+    def _index(self, rid: int, res_type: str, body: dict) -> None:
+        rows = self.repo.search_engine.index_rows(res_type, body)
+        for kind, kind_rows in rows.items():
+            if not kind_rows:
+                continue
+            for r in kind_rows:
+                r["rid"] = rid
+            self.conn.execute(insert(INDEX_TABLES[kind]), kind_rows)
+
+    def _drop_index(self, rid: int) -> None:
+        for table in INDEX_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.rid == rid))
+
+    def _check_version(self, res_type: str, res_id: str, current, if_match: int | None) -> None:
+        if if_match is None:
+            return
+        if current is None or current.deleted:
+            raise PreconditionFailed(
+                f"If-Match W/\"{if_match}\" given but {res_type}/{res_id} does not exist",
+                expression="If-Match")
+        if current.version != if_match:
+            raise PreconditionFailed(
+                f"{res_type}/{res_id} is at version {current.version}, not {if_match} "
+                "(someone else changed it; read it again and retry)", expression="If-Match")
+
+    def create(self, res_type: str, body: dict, *, res_id: str | None = None,
+               if_none_exist: list[tuple[str, str]] | None = None,
+               validated: bool = False) -> WriteResult:
+        """Create with a server-assigned id (any id in the body is ignored)."""
+        if not validated:
+            self.repo.validator(body, res_type)
+        if if_none_exist:
+            self.lock(f"{res_type}?{sorted(if_none_exist)}")
+            found = self.find(res_type, if_none_exist)
+            if len(found) > 1:
+                raise TooManyMatches(
+                    f"If-None-Exist matched {len(found)} {res_type} resources; "
+                    "the condition must identify at most one", expression="If-None-Exist")
+            if found:
+                return WriteResult(self.read(res_type, found[0][1]), matched=True)
+        res_id = res_id or str(uuid.uuid4())
+        self.lock(f"{res_type}/{res_id}")
+        return WriteResult(self._write(res_type, res_id, body, "POST"), created=True)
+
+    def update(self, res_type: str, res_id: str, body: dict, *, if_match: int | None = None,
+               validated: bool = False, method: str = "PUT") -> WriteResult:
+        """Update, or create with the client's id when it does not exist (201)."""
+        if not res.is_valid_id(res_id):
+            raise BadRequest(f"{res_id!r} is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})",
+                             expression=f"{res_type}.id")
+        body_id = body.get("id")
+        if body_id is None:
+            raise BadRequest("An update must carry the resource id in the body",
+                             expression=f"{res_type}.id")
+        if body_id != res_id:
+            raise BadRequest(f"The body's id {body_id!r} does not match the URL's {res_id!r}",
+                             expression=f"{res_type}.id")
+        if not validated:
+            self.repo.validator(body, res_type)
+        self.lock(f"{res_type}/{res_id}")
+        current = self._current_row(res_type, res_id)
+        self._check_version(res_type, res_id, current, if_match)
+        created = current is None or current.deleted
+        return WriteResult(self._write(res_type, res_id, body, method, current), created=created)
+
+    def conditional_update(self, res_type: str, items: list[tuple[str, str]], body: dict, *,
+                           if_match: int | None = None) -> WriteResult:
+        """PUT [type]?[criteria]: 0 matches create, 1 updates, several are 412."""
+        self.repo.validator(body, res_type)
+        self.lock(f"{res_type}?{sorted(items)}")
+        found = self.find(res_type, items)
+        if len(found) > 1:
+            raise TooManyMatches(f"The condition matched {len(found)} {res_type} resources",
+                                 expression=res_type)
+        if found:
+            res_id = found[0][1]
+            if body.get("id") not in (None, res_id):
+                raise BadRequest(f"The body's id {body['id']!r} differs from the matched "
+                                 f"resource {res_type}/{res_id}", expression=f"{res_type}.id")
+            return self.update(res_type, res_id, {**body, "id": res_id}, if_match=if_match,
+                               validated=True)
+        if body.get("id"):
+            # a client id with no match: the spec lets the server create it with that id
+            return self.update(res_type, body["id"], body, validated=True)
+        return self.create(res_type, body, validated=True)
+
+    def patch(self, res_type: str, res_id: str, operations: Any, *,
+              if_match: int | None = None) -> WriteResult:
+        """JSON Patch (RFC 6902) on the current version, then the same checks as update."""
+        if not isinstance(operations, list):
+            raise BadRequest("A JSON Patch body is an array of operations", code="structure")
+        self.lock(f"{res_type}/{res_id}")
+        current = self.read(res_type, res_id)
+        self._check_version(res_type, res_id, current, if_match)
+        try:
+            patched = jsonpatch.apply_patch(current.resource(), operations)
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+            raise Unprocessable(f"The patch could not be applied: {exc}") from None
+        except (TypeError, ValueError, KeyError) as exc:
+            raise BadRequest(f"Malformed JSON Patch: {exc}", code="structure") from None
+        if patched.get("resourceType") != res_type or patched.get("id") != res_id:
+            raise Unprocessable("A patch may not change resourceType or id",
+                                expression=f"{res_type}.id")
+        return self.update(res_type, res_id, patched, method="PATCH")
+
+    def delete(self, res_type: str, res_id: str, *, if_match: int | None = None
+               ) -> Stored | None:
+        """Delete (a new, deleted version). Deleting a deleted resource changes nothing."""
+        self.lock(f"{res_type}/{res_id}")
+        current = self._current_row(res_type, res_id)
+        if current is None:
+            raise NotFound(f"{res_type}/{res_id} is not known")
+        self._check_version(res_type, res_id, current, if_match)
+        if current.deleted:
+            return None
+        return self._write(res_type, res_id, None, "DELETE", current)
+
+    def conditional_delete(self, res_type: str, items: list[tuple[str, str]], *,
+                           multiple: bool = False, max_matches: int = 100) -> list[Stored]:
+        self.lock(f"{res_type}?{sorted(items)}")
+        found = self.find(res_type, items, limit=max_matches + 1)
+        if len(found) > 1 and not multiple:
+            raise TooManyMatches(f"The condition matched {len(found)} {res_type} resources; "
+                                 "conditional delete removes at most one", expression=res_type)
+        if len(found) > max_matches:
+            raise PreconditionFailed(f"The condition matched more than {max_matches} resources")
+        out = []
+        for _rid, res_id in found:
+            stored = self.delete(res_type, res_id)
+            if stored is not None:
+                out.append(stored)
+        return out
