@@ -8,17 +8,23 @@ from .api.http import install
 from .api.logging import AccessLog
 from .config import Settings
 from .rest import Router
-from .search import SearchEngine
 from .store.db import make_engine, migrate
 from .store.repository import Repository
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _default_search_engine():
+    from .search import SearchEngine
+
+    return SearchEngine()
+
+
+def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
+    """The gateway as an ASGI app; ``search_engine`` defaults to the official R4 one."""
     settings = settings or Settings()
     engine = make_engine(settings.database_url, pool_size=settings.pool_size)
     if settings.migrate:
         migrate(engine)
-    search = SearchEngine()
+    search = search_engine or _default_search_engine()
     repo = Repository(engine, search)
     router = Router(repo, settings)
     app = FastAPI(title="fhirgw", version=__version__,

@@ -83,11 +83,16 @@ def _prefer(req: RestRequest, key: str) -> str | None:
 
 
 _ROUTES: list[tuple[str, re.Pattern, str]] = []
+# what each path variable may be: type names start upper-case; ids follow FHIR's id rule, so
+# "_history", "_search" and "$operation" are never taken for an id
+_SEGMENT = {"type": "[A-Z][A-Za-z]*", "ctype": "[A-Z][A-Za-z]*", "id": "[A-Za-z0-9\\-.]{1,64}",
+            "vid": "[^/]+"}
 
 
 def route(method: str, pattern: str):
     """Register a handler: ``{type}``, ``{id}``, ``{vid}``, ``{ctype}`` are path segments."""
-    rx = "^" + re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>[^/]+)", pattern) + "$"
+    rx = "^" + re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>{_SEGMENT[m.group(1)]})",
+                      pattern) + "$"
 
     def deco(fn):
         _ROUTES.append((method, re.compile(rx), fn.__name__))

@@ -50,6 +50,15 @@ resource_history = Table(
 )
 
 
+def _ctext(length: int | None = None):
+    """A string column compared in code point order on both databases: SQLite's default
+    BINARY collation, and "C" on PostgreSQL (the search engine's prefix ranges, ``LIKE`` and
+    ``ORDER BY`` then behave the same on both, and btree indexes serve prefix searches)."""
+    base = String(length) if length else Text()
+    return base.with_variant(String(length, collation="C") if length else Text(collation="C"),
+                             "postgresql")
+
+
 def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
     return Table(
         name, metadata,
@@ -67,17 +76,18 @@ def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Tabl
 #: normalized display/text for ``:text``
 sp_token = _index_table(
     "sp_token",
-    Column("system", String(255), nullable=True),
-    Column("code", String(255), nullable=True),
-    Column("text", String(255), nullable=True),
+    Column("system", _ctext(255), nullable=True),
+    Column("code", _ctext(255), nullable=True),
+    Column("text", _ctext(255), nullable=True),
     value_index=("code", "system"),
 )
+Index("ix_sp_token_text", sp_token.c.res_type, sp_token.c.param, sp_token.c.text)
 
 #: string: ``norm`` is lower-cased, accent-stripped, whitespace-folded (prefix / contains
 #: matching); ``exact`` is the original value (``:exact``)
 sp_string = _index_table(
     "sp_string",
-    Column("norm", String(255), nullable=False),
+    Column("norm", _ctext(255), nullable=False),
     Column("exact", Text, nullable=False),
     value_index=("norm",),
 )
@@ -90,7 +100,7 @@ sp_date = _index_table(
     value_index=("low", "high"),
 )
 
-#: number: the value and its implicit precision range
+#: number: the value; ``low``/``high`` equal it (a point; searches carry the precision range)
 sp_number = _index_table(
     "sp_number",
     Column("value", Float, nullable=False),
@@ -99,7 +109,8 @@ sp_number = _index_table(
     value_index=("value",),
 )
 
-#: quantity: value, precision range, and the unit's system/code (and free-text unit)
+#: quantity: value and its range (``low``=``high``=``value`` for a Quantity, the bounds for a
+#: Range, open ends as +/-1e300), and the unit's system/code (and free-text unit)
 sp_quantity = _index_table(
     "sp_quantity",
     Column("value", Float, nullable=False),
@@ -117,25 +128,31 @@ sp_reference = _index_table(
     "sp_reference",
     Column("target_type", String(64), nullable=True),
     Column("target_id", String(64), nullable=True),
-    Column("url", String(512), nullable=True),
+    Column("url", _ctext(512), nullable=True),
     value_index=("target_id", "target_type"),
 )
+Index("ix_sp_reference_url", sp_reference.c.res_type, sp_reference.c.param, sp_reference.c.url)
 Index("ix_sp_reference_target", sp_reference.c.target_type, sp_reference.c.target_id)
 
 #: uri (and canonical)
 sp_uri = _index_table(
     "sp_uri",
-    Column("value", String(512), nullable=False),
+    Column("value", _ctext(512), nullable=False),
     value_index=("value",),
 )
 
-#: composite: each component's normalized value joined with ``$`` into one key per
-#: combination, ``key`` compared exactly (e.g. ``http://loinc.org|8480-6$gt100``-style
-#: searches compile to ranges over component rows in the search engine)
+#: composite: one row per combination of component values. ``key`` joins the exact-match
+#: forms of the components with ``$`` (token ``code`` / ``system|code`` / ``|code``, normalized
+#: string, reference ``Type/id``, uri; a quantity last component adds its unit form). When the
+#: last component is ordered (number, quantity, date), its range is ``low``/``high`` (dates in
+#: epoch microseconds), so ``code-value-quantity=http://loinc.org|8480-6$gt100`` is
+#: ``key = 'http://loinc.org|8480-6$' AND high > 100``.
 sp_composite = _index_table(
     "sp_composite",
-    Column("key", String(512), nullable=False),
-    value_index=("key",),
+    Column("key", _ctext(512), nullable=False),
+    Column("low", Float, nullable=True),
+    Column("high", Float, nullable=True),
+    value_index=("key", "low"),
 )
 
 INDEX_TABLES: dict[str, Table] = {

@@ -138,3 +138,22 @@ def test_batch_entries_are_independent(client):
     assert st[3] == "200 OK"
     assert st[4].startswith("400")
     assert client.get("/fhir/Patient/_history").json()["total"] == 1
+
+
+def test_transaction_keeps_decimal_precision(client):
+    raw = (b'{"resourceType":"Bundle","type":"transaction","entry":[{"resource":'
+           b'{"resourceType":"Observation","status":"final","code":{"text":"weight"},'
+           b'"valueQuantity":{"value":72.50,"unit":"kg"}},"request":{"method":"POST",'
+           b'"url":"Observation"}}]}')
+    r = client.post("/fhir", content=raw, headers=FJ)
+    assert r.status_code == 200, r.text
+    assert b'"value":72.50' in r.content
+    loc = r.json()["entry"][0]["response"]["location"].split("/_history")[0]
+    assert b'"value":72.50' in client.get(f"/fhir/{loc}").content
+
+
+def test_transaction_delete_of_unknown_is_ok(client):
+    b = tx({"request": {"method": "DELETE", "url": "Patient/never-was"}})
+    r = client.post("/fhir", json=b, headers=FJ)
+    assert r.status_code == 200
+    assert r.json()["entry"][0]["response"]["status"] == "204 No Content"

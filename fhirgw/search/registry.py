@@ -1,0 +1,195 @@
+"""The SearchParameter registry: the official R4 definitions as data, plus custom ones.
+
+Every SearchParameter applies to the resource types in its ``base``; ``Resource`` and
+``DomainResource`` bases apply to every type that inherits from them. A custom
+SearchParameter added at runtime replaces an official one with the same code on the same
+base, and takes effect for the next index/search call (indexes of resources written before
+it was added are filled in by re-indexing, see ``SearchEngine.reindex_rows``).
+
+The registry is copy-on-write: readers take the current snapshot without a lock, writers
+build a new one under a lock.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..model.errors import BadRequest
+from .fhirpath import Program, ancestors, applies_to, compile_expression
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
+
+SEARCH_TYPES = frozenset({"number", "date", "string", "token", "reference", "composite",
+                          "quantity", "uri", "special"})
+
+#: parameters answered from the ``resource`` table itself, not from index rows
+RESOURCE_COLUMN_PARAMS = frozenset({"_id", "_lastUpdated"})
+
+
+@dataclass(frozen=True)
+class Component:
+    definition: str
+    expression: str
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    url: str
+    code: str
+    type: str
+    base: tuple[str, ...]
+    expression: str | None = None
+    targets: tuple[str, ...] = ()
+    components: tuple[Component, ...] = ()
+    modifiers: tuple[str, ...] = ()
+    comparators: tuple[str, ...] = ()
+    description: str = ""
+    custom: bool = False
+
+    @classmethod
+    def from_json(cls, sp: dict[str, Any], *, custom: bool = False) -> "SearchParam":
+        for key in ("code", "type", "base"):
+            if not sp.get(key):
+                raise BadRequest(f"SearchParameter.{key} is required", expression=f"SearchParameter.{key}")
+        if sp["type"] not in SEARCH_TYPES:
+            raise BadRequest(f"SearchParameter.type {sp['type']!r} is not a search parameter type",
+                             expression="SearchParameter.type")
+        base = sp["base"] if isinstance(sp["base"], list) else [sp["base"]]
+        url = sp.get("url") or f"urn:fhirgw:sp:{'-'.join(base)}-{sp['code']}"
+        return cls(
+            url=url, code=sp["code"], type=sp["type"], base=tuple(base),
+            expression=sp.get("expression"), targets=tuple(sp.get("target") or ()),
+            components=tuple(Component(c.get("definition", ""), c.get("expression", ""))
+                             for c in sp.get("component") or ()),
+            modifiers=tuple(sp.get("modifier") or ()),
+            comparators=tuple(sp.get("comparator") or ()),
+            description=sp.get("description", ""), custom=custom)
+
+    def program(self, res_type: str) -> Program | None:
+        """The compiled extractor of this parameter for ``res_type`` (cached)."""
+        if not self.expression:
+            return None
+        return compile_expression(self.expression, res_type)
+
+    def applies_to(self, res_type: str) -> bool:
+        return bool(set(self.base) & set(ancestors(res_type))) and (
+            not self.expression or applies_to(self.expression, res_type))
+
+
+@dataclass
+class _Snapshot:
+    by_url: dict[str, SearchParam] = field(default_factory=dict)
+    # base type -> code -> param
+    by_base: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
+    # resolved per concrete type (cache)
+    per_type: dict[str, dict[str, SearchParam]] = field(default_factory=dict)
+
+
+class SearchRegistry:
+    """Search parameters by resource type (official R4 definitions by default)."""
+
+    def __init__(self, definitions: list[dict] | None = None):
+        if definitions is None:
+            definitions = load_official()
+        snap = _Snapshot()
+        for sp in definitions:
+            self._put(snap, SearchParam.from_json(sp))
+        self._snap = snap
+        self._lock = threading.Lock()
+        self.version = 0
+
+    # -------------------------------------------------------------- reads
+
+    def params_for(self, res_type: str) -> dict[str, SearchParam]:
+        """Every parameter that applies to ``res_type``: its own and its ancestors'
+        (``Resource``: _id, _lastUpdated, _tag, _profile, _security, _source, ...)."""
+        snap = self._snap
+        got = snap.per_type.get(res_type)
+        if got is not None:
+            return got
+        out: dict[str, SearchParam] = {}
+        for t in reversed(ancestors(res_type)):   # Resource first, the type itself last wins
+            for code, sp in snap.by_base.get(t, {}).items():
+                if t != res_type and sp.expression and not applies_to(sp.expression, res_type):
+                    continue
+                out[code] = sp
+        snap.per_type[res_type] = out
+        return out
+
+    def get(self, res_type: str, code: str) -> SearchParam | None:
+        return self.params_for(res_type).get(code)
+
+    def by_url(self, url: str) -> SearchParam | None:
+        return self._snap.by_url.get(url)
+
+    def __iter__(self):
+        return iter(list(self._snap.by_url.values()))
+
+    # -------------------------------------------------------------- writes
+
+    def add(self, search_parameter: dict[str, Any]) -> SearchParam:
+        """Add (or replace, by url or by base+code) a SearchParameter resource."""
+        sp = SearchParam.from_json(search_parameter, custom=True)
+        if sp.expression:
+            for b in sp.base:   # compile now: a bad expression fails the write, not a search
+                if b not in ("Resource", "DomainResource"):
+                    compile_expression(sp.expression, b)
+        with self._lock:
+            snap = self._copy()
+            old = snap.by_url.get(sp.url)
+            if old is not None:
+                self._drop(snap, old)
+            self._put(snap, sp)
+            self._snap = snap
+            self.version += 1
+        return sp
+
+    def remove(self, url: str) -> bool:
+        with self._lock:
+            snap = self._copy()
+            old = snap.by_url.get(url)
+            if old is None:
+                return False
+            self._drop(snap, old)
+            self._snap = snap
+            self.version += 1
+        return True
+
+    # -------------------------------------------------------------- internals
+
+    def _copy(self) -> _Snapshot:
+        snap = self._snap
+        return _Snapshot(dict(snap.by_url), {k: dict(v) for k, v in snap.by_base.items()}, {})
+
+    @staticmethod
+    def _put(snap: _Snapshot, sp: SearchParam) -> None:
+        snap.by_url[sp.url] = sp
+        for b in sp.base:
+            snap.by_base.setdefault(b, {})[sp.code] = sp
+
+    @staticmethod
+    def _drop(snap: _Snapshot, sp: SearchParam) -> None:
+        snap.by_url.pop(sp.url, None)
+        for b in sp.base:
+            if snap.by_base.get(b, {}).get(sp.code) is sp:
+                del snap.by_base[b][sp.code]
+                # an official parameter the custom one shadowed comes back
+                for other in snap.by_url.values():
+                    if other.code == sp.code and b in other.base:
+                        snap.by_base[b][sp.code] = other
+                        break
+
+
+_OFFICIAL: list[dict] | None = None
+
+
+def load_official() -> list[dict]:
+    global _OFFICIAL
+    if _OFFICIAL is None:
+        with open(os.path.join(DATA_DIR, "search_parameters.json"), "rb") as f:
+            _OFFICIAL = orjson.loads(f.read())["parameters"]
+    return _OFFICIAL
