@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from . import __version__
+from .api import openapi
 from .api.http import install
 from .api.logging import AccessLog
 from .config import Settings
@@ -33,5 +34,6 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     app.state.settings = settings
     app.state.router = router
     install(app, router)
+    openapi.install(app, search.registry)
     app.add_middleware(AccessLog)
     return app

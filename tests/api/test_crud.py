@@ -226,3 +226,14 @@ def test_history_type_system_since_and_paging(client):
 def test_health_endpoints(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_openapi_lists_each_type_with_its_schema(client):
+    doc = client.get("/openapi.json").json()
+    assert "/fhir/Patient/{id}" in doc["paths"]
+    assert "/fhir/CarePlan" in doc["paths"]
+    create = doc["paths"]["/fhir/Patient"]["post"]
+    ref = create["requestBody"]["content"]["application/fhir+json"]["schema"]["$ref"]
+    assert ref.rsplit("/", 1)[-1] in doc["components"]["schemas"]
+    names = {p["name"] for p in doc["paths"]["/fhir/Patient"]["get"]["parameters"]}
+    assert "identifier" in names
