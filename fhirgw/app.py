@@ -13,10 +13,11 @@ from .store.db import make_engine, migrate
 from .store.repository import Repository
 
 
-def _default_search_engine():
+def _default_search_engine(settings: Settings):
     from .search import SearchEngine
 
-    return SearchEngine()
+    # absolute references to this server index as local Type/id
+    return SearchEngine(base_urls=[settings.base_url] if settings.base_url else [])
 
 
 def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
@@ -25,7 +26,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     engine = make_engine(settings.database_url, pool_size=settings.pool_size)
     if settings.migrate:
         migrate(engine)
-    search = search_engine or _default_search_engine()
+    search = search_engine or _default_search_engine(settings)
     repo = Repository(engine, search)
     router = Router(repo, settings)
     app = FastAPI(title="fhirgw", version=__version__,

@@ -11,6 +11,11 @@ app = typer.Typer(help="fhirgw: FHIR R4 gateway for virtual mental-health IOPs",
                   no_args_is_help=True, add_completion=False)
 
 
+@app.callback()
+def _root() -> None:
+    """fhirgw: FHIR R4 gateway for virtual mental-health IOPs."""
+
+
 def _factory():
     from .app import create_app
     from .config import Settings
@@ -31,6 +36,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
 
     if database:
         os.environ["FHIRGW_DATABASE_URL"] = database
+    # the public base: used in links and to recognise absolute references to this server
+    os.environ.setdefault("FHIRGW_BASE_URL", f"http://{host}:{port}/fhir")
     logging.basicConfig(level=log_level.upper(), format="%(message)s", stream=sys.stdout)
     # migrate once here, so N workers do not race to create the schema
     from .config import Settings

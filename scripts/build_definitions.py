@@ -6,6 +6,8 @@ Reads ``hl7.fhir.r4.examples@4.0.1`` (CC0, fetched by scripts/fetch_test_data.sh
   saying whether fhir.resources R4B models it.
 * ``fhirgw/search/data/search_parameters.json``: the official SearchParameter definitions,
   reduced to the elements the search engine reads.
+* ``fhirgw/search/data/compartments.json``: the official CompartmentDefinitions (Patient,
+  Encounter, RelatedPerson, Practitioner, Device) as ``{compartment: {type: [params]}}``.
 """
 from __future__ import annotations
 
@@ -50,6 +52,23 @@ def search_parameters() -> list[dict]:
     return out
 
 
+def compartments() -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for path in sorted(glob.glob(os.path.join(PKG, "CompartmentDefinition-*.json"))):
+        cd = orjson.loads(open(path, "rb").read())
+        if cd.get("url", "").startswith("http://hl7.org/fhir/CompartmentDefinition/") and \
+                cd.get("id") != "example":
+            out[cd["code"]] = {r["code"]: list(r["param"]) for r in cd.get("resource", [])
+                               if r.get("param")}
+    return out
+
+
+def write_compartments() -> None:
+    with open(os.path.join(ROOT, "fhirgw", "search", "data", "compartments.json"), "w") as f:
+        json.dump({"fhirVersion": "4.0.1", "source": "hl7.fhir.r4.examples@4.0.1",
+                   "compartments": compartments()}, f, indent=0, sort_keys=True)
+
+
 def main() -> None:
     types = resource_types()
     with open(os.path.join(ROOT, "fhirgw", "model", "data", "resource_types.json"), "w") as f:
@@ -59,6 +78,7 @@ def main() -> None:
     with open(os.path.join(ROOT, "fhirgw", "search", "data", "search_parameters.json"), "w") as f:
         json.dump({"fhirVersion": "4.0.1", "source": "hl7.fhir.r4.examples@4.0.1",
                    "parameters": params}, f, indent=0)
+    write_compartments()
     print(f"{len(types)} resource types, {len(params)} search parameters")
 
 

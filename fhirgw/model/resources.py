@@ -54,8 +54,9 @@ class RawDecimal(float):
 
 
 # numbers whose text a float round trip would change: trailing zeros in the fraction,
-# exponents, or more digits than a double holds. Matches inside strings only cost speed.
-_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d])|\d[eE][+-]?\d|\d{16,}")
+# exponents, or 16 or more significant digits (a double keeps 15 for sure). Matches inside
+# strings only cost speed.
+_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d])|\d[eE][+-]?\d|(?:\d\.?){16,}")
 
 
 def _default(obj: Any) -> Any:

@@ -5,9 +5,13 @@ correct while resources are created or deleted between pages.
 """
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 import orjson
 
+from ..model import resources as res
 from ..model.errors import BadRequest
+from ..search import apply_elements
 from ..store.repository import clock, instant
 from . import render
 
@@ -25,12 +29,13 @@ def search_response(router, req, tx, types, type_for_parse, items, compartment=N
     from .router import RestResponse
 
     engine = router.search
-    query = engine.parse(type_for_parse, items, strict=_strict(req), base_url=req.base)
-    if compartment is not None:
-        query.compartment = compartment
+    query = engine.parse(type_for_parse, items, strict=_strict(req), base_url=req.base,
+                         compartment=compartment)
     if query.count is None:
         query.count = router.settings.default_count
     query.count = min(query.count, router.settings.max_count)
+    if query.count == 0 and query.total is None:
+        query.total = "accurate"  # _count=0 asks for the count alone
     cursor = req.param("_cursor")
     page = router._run(tx, lambda t: engine.search(t.conn, types, query, cursor=cursor), False)
     return RestResponse(200, searchset(req, page, query), {})
@@ -41,22 +46,27 @@ def searchset(req, page, query) -> bytes:
     path = req.path.strip("/")
     if path.endswith("/_search"):
         path = path[: -len("/_search")]
-    shape = getattr(query, "shape_body", None)
+    reshape = query.elements or query.summary in ("true", "text", "data")
 
     def entry(rtype, rid, body, mode):
-        resource = render.fragment(body) if shape is None else shape(body, mode)
+        if reshape:
+            resource = apply_elements(res.loads(body), query.summary, query.elements)
+        else:
+            resource = render.fragment(body)
         return {"fullUrl": f"{base}/{rtype}/{rid}", "resource": resource,
                 "search": {"mode": mode}}
 
     entries = [entry(t, i, b, "match") for t, i, b in page.matches]
     entries += [entry(t, i, b, "include") for t, i, b in page.included]
-    if page.issues:
-        entries.append(render.outcome_entry(page.issues))
-    items = [(k, v) for k, v in req.query if k != "_cursor"]
+    issues = list(page.issues)
+    if issues:
+        entries.append(render.outcome_entry(issues))
+    items = list(query.items)
     if req.method.upper() == "POST":  # links of a POST search are GET links
-        from urllib.parse import parse_qsl
-        items += parse_qsl((req.body or b"").decode(), keep_blank_values=True)
-    links = [{"relation": "self", "url": render.bundle_link(base, path, req.query if req.method.upper() == "GET" else items)}]
+        items = [(k, v) for k, v in req.query + parse_qsl((req.body or b"").decode(),
+                                                          keep_blank_values=True)
+                 if k not in ("_cursor", "_format", "_pretty")]
+    links = [{"relation": "self", "url": render.bundle_link(base, path, items)}]
     if page.next_cursor:
         links.append({"relation": "next",
                       "url": render.bundle_link(base, path, items + [("_cursor", page.next_cursor)])})
@@ -70,4 +80,4 @@ def searchset(req, page, query) -> bytes:
     bundle["link"] = links
     if entries:
         bundle["entry"] = entries
-    return orjson.dumps(bundle)
+    return orjson.dumps(bundle, default=res._default)

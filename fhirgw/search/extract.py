@@ -23,8 +23,7 @@ from ..model.resources import R4_TYPES, ID_RE
 from .fhirpath import compile_expression
 from .registry import RESOURCE_COLUMN_PARAMS, SearchParam, SearchRegistry
 from .values import (DATE_MAX, DATE_MIN, NUM_MAX, NUM_MIN, STRING_LEN, TOKEN_LEN, URI_LEN,
-                     DateFormatError, cut, date_range, decimal_text, normalize_string,
-                     number_range)
+                     DateFormatError, cut, date_range, decimal_text, normalize_string)
 
 KINDS = ("token", "string", "date", "number", "quantity", "reference", "uri", "composite")
 

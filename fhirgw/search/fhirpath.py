@@ -17,6 +17,7 @@ Understood without fhirpathpy:
   their target type is T, read from the reference itself: nothing is resolved
 * ``X.where(a = 'literal')`` / ``X.where(a.b = 'literal')``
 * ``X.extension('url')``
+* ``X.exists() and X != false`` (a boolean, e.g. Patient-deceased)
 
 Anything else (``exists() and ... != false``, arbitrary custom expressions) falls back to a
 fhirpathpy function compiled once per expression with the R4 model. fhirpathpy has no
@@ -448,6 +449,10 @@ def _plain(v: Any) -> Any:
     return str(v)  # fhirpathpy date/time/quantity wrappers
 
 
+#: ``X.exists() and X != false`` (e.g. Patient-deceased): a boolean over a path
+_RE_EXISTS_NOT_FALSE = re.compile(r"^(?P<a>[A-Za-z_][\w.]*)\.exists\(\)\s+and\s+(?P<b>[A-Za-z_][\w.]*)\s*!=\s*false$")
+
+
 @functools.lru_cache(maxsize=8192)
 def compile_expression(expression: str, res_type: str | None, context: str | None = None) -> Program:
     """Compile ``expression`` for resources of ``res_type``.
@@ -456,6 +461,14 @@ def compile_expression(expression: str, res_type: str | None, context: str | Non
     e.g. ``Observation.component``); None means the resource itself, ``"*"`` an element of
     unknown type (choice elements are then recognized by their JSON key's type suffix).
     """
+    m = _RE_EXISTS_NOT_FALSE.match(expression.strip())
+    if m and m.group("a") == m.group("b"):
+        inner = compile_expression(m.group("a"), res_type, context)
+        if inner.fallback is None:
+            def exists_not_false(node: Any, root: dict) -> list[Node]:
+                vals = inner(node, root)
+                return [(any(v is not False for v, _ in vals), "boolean")]
+            return Program((), exists_not_false, expression)
     parts: list[tuple[Step, ...]] = []
     fallback_parts: list[str] = []
     for part in split_union(expression):

@@ -1,0 +1,289 @@
+"""Compile parsed criteria into SQLAlchemy Core conditions (one statement per search).
+
+Every criterion becomes a condition on a ``resource`` row: ``rid IN (SELECT rid FROM sp_x
+WHERE res_type = :t AND param = :p AND <value match>)``, so each index lookup is served by the
+``(res_type, param, value...)`` index and ANDed criteria intersect. Chains and ``_has`` nest
+the same shape through ``sp_reference``. Nothing here is database-specific: strings compare
+against normalized columns with code-point order on both SQLite and PostgreSQL (no ILIKE;
+``LIKE`` only for ``:contains``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
+
+from ..store.tables import INDEX_TABLES, resource, sp_reference
+from .parse import Criterion, RangeValue, RefValue, SearchQuery, SortKey, TokenValue
+from .values import escape_like, normalize_string, prefix_upper_bound
+
+_COMPARTMENTS_FILE = os.path.join(os.path.dirname(__file__), "data", "compartments.json")
+with open(_COMPARTMENTS_FILE, "rb") as _f:
+    #: compartment type -> resource type -> reference parameters linking it to the owner
+    COMPARTMENTS: dict[str, dict[str, list[str]]] = orjson.loads(_f.read())["compartments"]
+
+_TABLE_OF = {"string": "string", "token": "token", "date": "date", "number": "number",
+             "quantity": "quantity", "reference": "reference", "uri": "uri",
+             "composite": "composite"}
+
+
+def _type_cond(col, types: tuple[str, ...] | list[str]) -> ColumnElement:
+    types = tuple(types)
+    return col == types[0] if len(types) == 1 else col.in_(types)
+
+
+class RCols:
+    """The resource row a condition is about (the searched one, a chain target, ...)."""
+
+    def __init__(self, table=resource):
+        self.t = table
+        self.rid = table.c.rid
+        self.res_type = table.c.res_type
+        self.res_id = table.c.res_id
+        self.last_updated = table.c.last_updated
+        self.deleted = table.c.deleted
+
+
+def range_cond(prefix: str, low_col, high_col, v: RangeValue, *, point: bool = False) -> ColumnElement:
+    """The spec's prefix semantics between a target range ``[low_col, high_col]`` and the
+    search value's range ``[v.low, v.high]`` (dates: the precision's range; numbers: the
+    implicit precision for ``eq``/``ne``/``ap``, the exact value otherwise)."""
+    if point:   # numbers: gt/lt/ge/le/sa/eb compare with the exact value
+        pl = ph = v.value
+    else:
+        pl, ph = v.low, v.high
+    if point:   # a number's precision range is half-open: 100 is [99.5, 100.5)
+        eq = and_(low_col >= v.low, high_col < v.high)
+        ne = or_(low_col < v.low, high_col >= v.high)
+    else:       # date ranges are inclusive at both ends (to the microsecond)
+        eq = and_(low_col >= v.low, high_col <= v.high)
+        ne = or_(low_col < v.low, high_col > v.high)
+    if prefix == "eq":
+        return eq
+    if prefix == "ne":
+        return ne
+    if prefix == "gt":
+        return high_col > ph
+    if prefix == "lt":
+        return low_col < pl
+    if prefix == "ge":
+        return high_col >= ph if point else or_(high_col > ph, eq)
+    if prefix == "le":
+        return low_col <= pl if point else or_(low_col < pl, eq)
+    if prefix == "sa":
+        return low_col > ph
+    if prefix == "eb":
+        return high_col < pl
+    if prefix == "ap":
+        return and_(low_col <= v.high, high_col >= v.low)
+    raise ValueError(prefix)
+
+
+def _int_range(v: RangeValue) -> RangeValue:
+    return RangeValue(v.prefix, int(v.value), int(v.low), int(v.high))
+
+
+class SqlCompiler:
+    """Turns criteria into conditions; one instance per engine."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    # -------------------------------------------------------------- filters
+
+    def conditions(self, query: SearchQuery, r: RCols, types: tuple[str, ...]) -> list[ColumnElement]:
+        conds: list[ColumnElement] = [_type_cond(r.res_type, types), r.deleted == false()]
+        for crit in query.criteria:
+            conds.append(self.criterion(crit, r, types))
+        if query.compartment:
+            conds.append(self.compartment(query.compartment, r, types))
+        return conds
+
+    def criterion(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
+        kind = crit.kind
+        if kind == "never":
+            return false()
+        if kind == "always":
+            return true()
+        if kind == "id":
+            ids = [v.code for v in crit.values if v.code]
+            cond = r.res_id.in_(ids)
+            return not_(cond) if crit.modifier == "not" else cond
+        if kind == "lastUpdated":
+            return or_(*[range_cond(v.prefix, r.last_updated, r.last_updated, _int_range(v))
+                         for v in crit.values])
+        if kind == "chain":
+            return self._chain(crit, r)
+        if kind == "has":
+            return self._has(crit, r, types)
+        return self._param(crit, r)
+
+    def _param(self, crit: Criterion, r: RCols) -> ColumnElement:
+        sp = crit.param
+        ptype = sp.type
+        mod = crit.modifier
+        param = sp.code
+        table = INDEX_TABLES[_TABLE_OF.get(ptype, "token")]
+        if ptype == "reference" and mod == "identifier":
+            table, param, ptype = INDEX_TABLES["token"], sp.code + ":identifier", "token"
+        elif mod == "of-type":
+            param = sp.code + ":of-type"
+        t = table
+        sub = select(t.c.rid).where(_type_cond(t.c.res_type, crit.res_types), t.c.param == param)
+        if crit.missing is not None:
+            return r.rid.not_in(sub) if crit.missing else r.rid.in_(sub)
+        ors = [self._value(ptype, mod, t, v, crit) for v in crit.values]
+        sub = sub.where(or_(*ors) if len(ors) > 1 else ors[0])
+        if mod == "not":
+            return r.rid.not_in(sub)
+        return r.rid.in_(sub)
+
+    def _value(self, ptype: str, mod: str | None, t, v: Any, crit: Criterion) -> ColumnElement:
+        c = t.c
+        if ptype == "token":
+            if mod == "text":
+                norm = normalize_string(v)
+                return and_(c.text >= norm, c.text < prefix_upper_bound(norm))
+            return token_cond(c, v)
+        if ptype == "string":
+            if mod == "exact":
+                return c.exact == v
+            norm = normalize_string(v)
+            if mod == "contains" or crit.param.code == "_text":   # _text: words anywhere
+                if crit.param.code == "_text" and mod is None:
+                    return or_(c.norm.like(f"{escape_like(norm)}%", escape="\\"),
+                               c.norm.like(f"% {escape_like(norm)}%", escape="\\"))
+                return c.norm.like(f"%{escape_like(norm)}%", escape="\\")
+            return and_(c.norm >= norm, c.norm < prefix_upper_bound(norm))
+        if ptype == "uri":
+            if mod == "below":
+                return and_(c.value >= v, c.value < prefix_upper_bound(v))
+            if mod == "above":
+                return c.value.in_(uri_ancestors(v))
+            return c.value == v
+        if ptype == "date":
+            return range_cond(v.prefix, c.low, c.high, _int_range(v))
+        if ptype in ("number", "quantity"):
+            cond = range_cond(v.prefix, c.low, c.high, v, point=True)
+            if ptype == "quantity" and v.unit_given and (v.system or v.unit):
+                if v.system:
+                    unit = and_(c.system == v.system, c.code == v.unit)
+                else:
+                    unit = or_(c.code == v.unit, c.unit == v.unit)
+                cond = and_(cond, unit)
+            return cond
+        if ptype == "reference":
+            return ref_cond(c, v, crit.target_types)
+        if ptype == "composite":
+            cond = c.key == v.key
+            if v.last is not None:
+                comp_types = [self.registry.by_url(x.definition) for x in crit.param.components]
+                last_type = comp_types[-1].type if comp_types[-1] else "number"
+                cond = and_(cond, range_cond(v.last.prefix, c.low, c.high, v.last,
+                                             point=last_type != "date"))
+            return cond
+        raise ValueError(ptype)
+
+    def _chain(self, crit: Criterion, r: RCols) -> ColumnElement:
+        ref = sp_reference.alias()
+        tr = RCols(resource.alias())
+        inner = self.criterion(crit.inner, tr, crit.target_types)
+        sub = (select(ref.c.rid)
+               .join(tr.t, and_(tr.res_type == ref.c.target_type, tr.res_id == ref.c.target_id))
+               .where(_type_cond(ref.c.res_type, crit.res_types), ref.c.param == crit.param.code,
+                      _type_cond(tr.res_type, crit.target_types), tr.deleted == false(), inner))
+        return r.rid.in_(sub)
+
+    def _has(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
+        ref = sp_reference.alias()
+        src = RCols(resource.alias())
+        inner = self.criterion(crit.inner, src, (crit.has_type,))
+        sub = (select(ref.c.target_id)
+               .join(src.t, src.rid == ref.c.rid)
+               .where(ref.c.res_type == crit.has_type, ref.c.param == crit.has_param,
+                      ref.c.target_type == (types[0] if len(types) == 1 else r.res_type),
+                      src.deleted == false(), inner))
+        return r.res_id.in_(sub)
+
+    # -------------------------------------------------------------- compartments
+
+    def compartment(self, comp: tuple[str, str], r: RCols, types: tuple[str, ...]) -> ColumnElement:
+        ctype, cid = comp
+        defs = COMPARTMENTS.get(ctype)
+        if defs is None:
+            from ..model.errors import BadRequest
+            raise BadRequest(f"{ctype} is not a compartment type")
+        ors = []
+        for t in types:
+            params = defs.get(t)
+            own = and_(r.res_type == t, r.res_id == cid) if t == ctype else None
+            if params:
+                ref = sp_reference.alias()
+                sub = select(ref.c.rid).where(ref.c.res_type == t, ref.c.param.in_(params),
+                                              ref.c.target_type == ctype, ref.c.target_id == cid)
+                linked = and_(r.res_type == t, r.rid.in_(sub)) if len(types) > 1 else r.rid.in_(sub)
+                ors.append(or_(linked, own) if own is not None else linked)
+            elif own is not None:
+                ors.append(own)
+        return or_(*ors) if ors else false()
+
+    # -------------------------------------------------------------- sorting
+
+    def sort_expr(self, key: SortKey, r: RCols, types: tuple[str, ...]):
+        if key.code == "_id":
+            return r.res_id
+        if key.code == "_lastUpdated":
+            return r.last_updated
+        sp = key.param
+        t = INDEX_TABLES[_TABLE_OF[sp.type]].alias()
+        if sp.type == "string":
+            col = t.c.norm
+        elif sp.type == "token":
+            col = t.c.code
+        elif sp.type == "uri":
+            col = t.c.value
+        elif sp.type == "reference":
+            col = func.coalesce(t.c.target_id, t.c.url)
+        else:   # date, number, quantity: the range end that sorts first in this direction
+            col = t.c.high if key.desc else t.c.low
+        fn = func.max if key.desc else func.min
+        return (select(fn(col)).where(t.c.rid == r.rid, t.c.param == sp.code,
+                                      _type_cond(t.c.res_type, types))
+                .scalar_subquery())
+
+
+# ---------------------------------------------------------------- value conditions
+
+def token_cond(c, v: TokenValue) -> ColumnElement:
+    if not v.has_bar:
+        return c.code == v.code
+    if v.system is None:
+        return and_(c.system.is_(None), c.code == v.code)
+    if v.code is None:
+        return c.system == v.system
+    return and_(c.system == v.system, c.code == v.code)
+
+
+def ref_cond(c, v: RefValue, type_filter: tuple[str, ...] = ()) -> ColumnElement:
+    if v.url is not None:
+        cond = c.url == v.url
+    else:
+        cond = c.target_id == v.target_id
+    ttype = v.target_type or (type_filter[0] if type_filter else None)
+    if ttype:
+        cond = and_(cond, c.target_type == ttype)
+    return cond
+
+
+def uri_ancestors(v: str) -> list[str]:
+    """``http://a/b/c`` -> [``http://a/b/c``, ``http://a/b``, ``http://a``] (for ``:above``)."""
+    out = [v]
+    scheme, sep, rest = v.partition("://")
+    if not sep:
+        return out
+    parts = rest.rstrip("/").split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        out.append(f"{scheme}://{'/'.join(parts[:i])}")
+    return out
