@@ -1,1 +1,1 @@
-"""operations"""
+"""Named FHIR operations, each a function (or small class) over the repository."""

@@ -48,6 +48,10 @@ def capability_statement(router) -> dict:
             ],
         }
         resources.append(entry)
+    from .router import OPERATIONS
+
+    rest_ops = [{"name": op, "definition": f"http://fhirgw.dev/fhir/OperationDefinition/{op}"}
+                for op in sorted(set(OPERATIONS.values()))]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -62,5 +66,6 @@ def capability_statement(router) -> dict:
             "mode": "server",
             "resource": resources,
             "interaction": system,
+            "operation": rest_ops,
         }],
     }

@@ -86,25 +86,38 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = []
 # what each path variable may be: type names start upper-case; ids follow FHIR's id rule, so
 # "_history", "_search" and "$operation" are never taken for an id
 _SEGMENT = {"type": "[A-Z][A-Za-z]*", "ctype": "[A-Z][A-Za-z]*", "id": "[A-Za-z0-9\\-.]{1,64}",
-            "vid": "[^/]+"}
+            "vid": "[^/]+", "job": "[A-Za-z0-9]{1,64}"}
 
 
-def route(method: str, pattern: str):
-    """Register a handler: ``{type}``, ``{id}``, ``{vid}``, ``{ctype}`` are path segments."""
-    rx = "^" + re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>{_SEGMENT[m.group(1)]})",
-                      pattern) + "$"
+#: handler name -> FHIR operation name, for the CapabilityStatement
+OPERATIONS: dict[str, str] = {}
+
+
+def route(method: str, pattern: str, operation: str | None = None):
+    """Register a handler: ``{type}``, ``{id}``, ``{vid}``, ``{ctype}`` are path segments;
+    ``operation`` names the FHIR operation it implements."""
+    parts = re.split(r"(\{\w+\})", pattern)
+    rx = "^" + "".join(f"(?P<{p[1:-1]}>{_SEGMENT[p[1:-1]]})" if p.startswith("{") else re.escape(p)
+                       for p in parts) + "$"
 
     def deco(fn):
         _ROUTES.append((method, re.compile(rx), fn.__name__))
+        if operation:
+            OPERATIONS[fn.__name__] = operation
         return fn
     return deco
 
 
 class Router:
-    def __init__(self, repo: Repository, settings: Settings | None = None):
+    def __init__(self, repo: Repository, settings: Settings | None = None, *,
+                 custom_params=None, reindexer=None):
         self.repo = repo
         self.settings = settings or Settings()
         self.search = repo.search_engine
+        #: stored SearchParameters (fhirgw.search.custom.CustomParameters)
+        self.custom = custom_params
+        #: $reindex jobs (fhirgw.operations.reindex.Reindexer)
+        self.reindexer = reindexer
         from .bundle import BundleProcessor
         from .capability import capability_statement
         self.bundles = BundleProcessor(self)
@@ -116,6 +129,8 @@ class Router:
     def handle(self, req: RestRequest, tx: Tx | None = None) -> RestResponse:
         """Route a request. With ``tx`` the interaction joins that transaction (Bundles)."""
         method = req.method.upper()
+        if tx is None and self.custom is not None:
+            self.custom.maybe_refresh()  # SearchParameters changed by another process
         if method == "HEAD":
             method = "GET"
         path = req.path.strip("/")
@@ -309,6 +324,38 @@ class Router:
             else:
                 items.append((k, v))
         return self._search(req, tx, types, None, items)
+
+    # ------------------------------------------------------------ operations
+
+    @route("POST", "$reindex", operation="reindex")
+    def reindex_system(self, req, tx):
+        return self._reindex(req, tx, None)
+
+    @route("POST", "{type}/$reindex", operation="reindex")
+    def reindex_type(self, req, tx, type):
+        return self._reindex(req, tx, [type])
+
+    @route("GET", "$reindex-status/{job}")
+    def reindex_status(self, req, tx, job):
+        found = self.reindexer.get(job) if self.reindexer else None
+        if found is None:
+            raise NotFound(f"No reindex job {job} in this process")
+        body = orjson.dumps(found.parameters())
+        if found.status in ("queued", "running"):
+            return RestResponse(202, body, {"X-Progress": f"{found.done} of {found.total} "
+                                                          "resources reindexed"})
+        return RestResponse(200, body, {})
+
+    def _reindex(self, req, tx, types):
+        if tx is not None:
+            raise BadRequest("$reindex cannot run inside a Bundle")
+        if self.reindexer is None:
+            raise NotFound("$reindex is not enabled", code="not-supported")
+        job = self.reindexer.start(types)
+        from ..model.errors import information, operation_outcome
+        body = orjson.dumps(operation_outcome([information(
+            f"Reindex job {job.id} started; follow it at $reindex-status/{job.id}")]))
+        return RestResponse(202, body, {"Content-Location": f"{req.base}/$reindex-status/{job.id}"})
 
     # ------------------------------------------------------------ shared
 

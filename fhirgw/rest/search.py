@@ -38,6 +38,8 @@ def search_response(router, req, tx, types, type_for_parse, items, compartment=N
         query.total = "accurate"  # _count=0 asks for the count alone
     cursor = req.param("_cursor")
     page = router._run(tx, lambda t: engine.search(t.conn, types, query, cursor=cursor), False)
+    if router.custom is not None:
+        page.issues.extend(router.custom.warnings_for(query))
     return RestResponse(200, searchset(req, page, query), {})
 
 

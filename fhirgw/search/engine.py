@@ -64,32 +64,43 @@ class SearchEngine:
 
     def reindex(self, conn: Connection, res_types: Iterable[str] | None = None,
                 batch: int = 500) -> int:
-        """Rewrite the index rows of current resources (after a SearchParameter was added or
-        removed), one executemany per table per batch; returns the number of resources."""
+        """Rewrite the index rows of every current resource (of ``res_types``) in one
+        transaction; returns the number of resources. Long jobs use ``reindex_batch``."""
+        n, after = 0, 0
+        while True:
+            done, after = self.reindex_batch(conn, res_types, after_rid=after, limit=batch)
+            n += done
+            if done < batch:
+                return n
+
+    def reindex_batch(self, conn: Connection, res_types: Iterable[str] | None = None, *,
+                      after_rid: int = 0, limit: int = 500) -> tuple[int, int]:
+        """Rewrite the index rows of the next ``limit`` current resources with ``rid`` above
+        ``after_rid``: one delete and one executemany per table. Returns (count, last rid),
+        so a caller can commit per batch and report progress."""
         from sqlalchemy import delete, insert
 
         from ..store.tables import INDEX_TABLES
-        stmt = select(resource.c.rid, resource.c.res_type, resource.c.body).where(
-            resource.c.deleted == false()).order_by(resource.c.rid)
+        stmt = (select(resource.c.rid, resource.c.res_type, resource.c.body)
+                .where(resource.c.deleted == false(), resource.c.rid > after_rid)
+                .order_by(resource.c.rid).limit(limit))
         if res_types is not None:
             stmt = stmt.where(resource.c.res_type.in_(list(res_types)))
-        n = 0
-        rows = conn.execute(stmt).all()
-        for i in range(0, len(rows), batch):
-            chunk = rows[i:i + batch]
-            rids = [r.rid for r in chunk]
-            out: dict[str, list[dict]] = {}
-            for r in chunk:
-                if r.body is None:
-                    continue
-                for kind, kr in self.index_rows(r.res_type, loads(r.body)).items():
-                    out.setdefault(kind, []).extend(dict(x, rid=r.rid) for x in kr)
-            for kind, table in INDEX_TABLES.items():
-                conn.execute(delete(table).where(table.c.rid.in_(rids)))
-                if out.get(kind):
-                    conn.execute(insert(table), out[kind])
-            n += len(chunk)
-        return n
+        chunk = conn.execute(stmt).all()
+        if not chunk:
+            return 0, after_rid
+        rids = [r.rid for r in chunk]
+        out: dict[str, list[dict]] = {}
+        for r in chunk:
+            if r.body is None:
+                continue
+            for kind, kr in self.index_rows(r.res_type, loads(r.body)).items():
+                out.setdefault(kind, []).extend(dict(x, rid=r.rid) for x in kr)
+        for kind, table in INDEX_TABLES.items():
+            conn.execute(delete(table).where(table.c.rid.in_(rids)))
+            if out.get(kind):
+                conn.execute(insert(table), out[kind])
+        return len(chunk), rids[-1]
 
     # -------------------------------------------------------------- parsing
 

@@ -443,6 +443,36 @@ def _fhirpathpy_fallback(expr: str) -> Callable[[Any, dict], list[Node]]:
     return run
 
 
+def check_expression(expr: str, res_type: str | None = None) -> None:
+    """Raise ValueError when ``expr`` is not valid FHIRPath (for definitions posted at run
+    time: the compiler above quietly skips what it cannot use, and fhirpathpy's own parser
+    recovers from syntax errors instead of reporting them)."""
+    from antlr4 import CommonTokenStream, InputStream
+    from antlr4.error.ErrorListener import ErrorListener
+    from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+    from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+    import fhirpathpy
+
+    class Raise(ErrorListener):
+        def syntaxError(self, recognizer, offending, line, column, msg, e):  # noqa: N802
+            raise ValueError(f"syntax error at column {column + 1}: {msg}")
+
+    lexer = FHIRPathLexer(InputStream(expr))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(Raise())
+    parser = FHIRPathParser(CommonTokenStream(lexer))
+    parser.removeErrorListeners()
+    parser.addErrorListener(Raise())
+    parser.expression()
+    tok = parser.getCurrentToken()
+    if tok.type != tok.EOF:
+        raise ValueError(f"unexpected {tok.text!r} at column {tok.column + 1}")
+    try:  # semantic errors (unknown function, wrong arity) show on a first evaluation
+        fhirpathpy.compile(expr, _MODEL)({"resourceType": res_type or "Resource"})
+    except Exception as exc:  # noqa: BLE001 - fhirpathpy raises plain Exception
+        raise ValueError(str(exc) or type(exc).__name__) from None
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool, dict, list)):
         return v

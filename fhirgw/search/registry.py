@@ -4,7 +4,7 @@ Every SearchParameter applies to the resource types in its ``base``; ``Resource`
 ``DomainResource`` bases apply to every type that inherits from them. A custom
 SearchParameter added at runtime replaces an official one with the same code on the same
 base, and takes effect for the next index/search call (indexes of resources written before
-it was added are filled in by re-indexing, see ``SearchEngine.reindex_rows``).
+it was added are filled in by re-indexing, see ``SearchEngine.reindex_batch`` and ``$reindex``).
 
 The registry is copy-on-write: readers take the current snapshot without a lock, writers
 build a new one under a lock.

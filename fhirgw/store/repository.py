@@ -151,7 +151,10 @@ class Repository:
         self.validator = validator or (lambda body, rtype: res.validate(body, rtype))
         self.is_pg = engine.dialect.name == "postgresql"
         self.max_retries = max_retries
+        #: called inside the unit of work for every version written (workflow rules)
         self.hooks: list[Callable[["Tx", Stored], None]] = []
+        #: called once the unit of work has committed, with every version it wrote
+        self.after_commit: list[Callable[[list[Stored]], None]] = []
 
     @contextmanager
     def connect(self, write: bool = False):
@@ -170,12 +173,18 @@ class Repository:
         while True:
             try:
                 with self.connect(write=write) as conn:
-                    return fn(Tx(self, conn))
+                    tx = Tx(self, conn)
+                    result = fn(tx)
             except DBAPIError as exc:
                 attempt += 1
                 if attempt > self.max_retries or not self._retryable(exc):
                     raise
                 time.sleep(0.005 * attempt)
+                continue
+            if tx.written:
+                for callback in self.after_commit:
+                    callback(tx.written)
+            return result
 
     def _retryable(self, exc: DBAPIError) -> bool:
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
@@ -194,6 +203,7 @@ class Tx:
     def __init__(self, repo: Repository, conn: Connection):
         self.repo = repo
         self.conn = conn
+        self.written: list[Stored] = []
 
     # ------------------------------------------------------------ locks
 
@@ -310,6 +320,7 @@ class Tx:
         if body is not None:
             self._index(rid, res_type, body)
         stored = Stored(res_type, res_id, version, now, deleted, data, method)
+        self.written.append(stored)
         for hook in self.repo.hooks:
             hook(self, stored)
         return stored

@@ -14,7 +14,6 @@ once and shared.
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,7 +23,6 @@ from fhirpathpy.models import models as _fhirpath_models
 from .definitions import CORE_PREFIX, DefinitionError, core
 from .snapshot import split_id
 
-log = logging.getLogger(__name__)
 
 FHIRPATH_MODEL = _fhirpath_models["r4"]
 MISSING: Any = object()
@@ -313,7 +311,12 @@ class Compiler:
                             codes.add(t.code)
                     expected = frozenset(codes)
             elif kind == "profile":
-                if target is not None:
+                if steps and steps[-1] == ("resolve",):
+                    holder = self._descend(s, steps[:-1])
+                    urls = [p for t in (holder.types if holder else ()) for p in t.target_profiles]
+                    if urls:
+                        expected = tuple(urls)
+                elif target is not None:
                     urls = [p for t in target.types for p in (t.profiles or ())]
                     urls += [p for t in target.types for p in (t.target_profiles or ())]
                     if urls:

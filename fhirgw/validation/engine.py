@@ -290,6 +290,13 @@ class Walker:
                     hit = n
                     break
             if hit is None:
+                near = self._near_slice(rule, v, tcode)
+                if near is not None:
+                    # it is of the slice's type but does not conform to the slice's profile:
+                    # report why, at the value's own location, as a validator would
+                    self.value(near, v, vloc, near.types[0].code if near.types else tcode,
+                               near.types[0] if near.types else tref)
+                    continue
                 if closed:
                     self._issue("error", "structure", vloc, "the value matches none of the slices "
                                 f"of {rule.path} and the slicing is closed (from {rule.profile})")
@@ -317,10 +324,21 @@ class Walker:
             if prof is not None and prof.type == "Extension":
                 self.value(prof.root, ext, loc, "Extension", None)
 
-    def _matches(self, s: Rule, v: Any, tcode: str | None) -> bool:
+    def _near_slice(self, rule: Rule, v: Any, tcode: str | None) -> Rule | None:
+        """The first slice ``v`` would match if its profile discriminators were ignored."""
+        for s in rule.slices:
+            kinds = {d[0] for d in s.discriminators}
+            if "profile" in kinds and len(kinds) > 1 and \
+                    self._matches(s, v, tcode, ignore_profile=True):
+                return s
+        return None
+
+    def _matches(self, s: Rule, v: Any, tcode: str | None, ignore_profile: bool = False) -> bool:
         if not s.discriminators:
             return False
         for kind, steps, expected in s.discriminators:
+            if kind == "profile" and ignore_profile:
+                continue
             if expected is MISSING:
                 return False
             if kind == "type":

@@ -24,7 +24,6 @@ from typing import Callable
 
 from .definitions import CORE_PREFIX, DefinitionError
 
-_REPLACED_NESTED = ("type", "binding", "slicing", "base")
 
 
 class SnapshotError(DefinitionError):

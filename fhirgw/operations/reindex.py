@@ -1,0 +1,102 @@
+"""``$reindex``: rebuild search index rows, in batches, with progress.
+
+A job walks the current resources of its types in ``rid`` order, a batch per unit of work
+(short transactions: writers are never blocked for long), and records its progress. Jobs
+start on their own when a SearchParameter is added, or by ``POST [base]/$reindex`` /
+``POST [base]/[type]/$reindex``; their status is ``GET [base]/$reindex-status/[job]``
+(202 with ``X-Progress`` while running, 200 with a Parameters resource when done), following
+the FHIR asynchronous request pattern.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import false, func, select
+
+from ..store.repository import Repository
+from ..store.tables import resource
+
+log = logging.getLogger("fhirgw.reindex")
+
+
+@dataclass
+class ReindexJob:
+    id: str
+    types: list[str] | None
+    total: int = 0
+    done: int = 0
+    status: str = "queued"          # queued | running | completed | failed
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def parameters(self) -> dict:
+        params = [{"name": "job", "valueString": self.id},
+                  {"name": "status", "valueCode": self.status},
+                  {"name": "processed", "valueInteger": self.done},
+                  {"name": "total", "valueInteger": self.total}]
+        for t in self.types or []:
+            params.append({"name": "type", "valueCode": t})
+        if self.error:
+            params.append({"name": "error", "valueString": self.error})
+        return {"resourceType": "Parameters", "parameter": params}
+
+
+class Reindexer:
+    def __init__(self, repo: Repository, batch: int = 500):
+        self.repo = repo
+        self.batch = batch
+        self.jobs: dict[str, ReindexJob] = {}
+        self._lock = threading.Lock()
+
+    def count(self, types: list[str] | None) -> int:
+        def unit(tx):
+            stmt = select(func.count()).select_from(resource).where(resource.c.deleted == false())
+            if types:
+                stmt = stmt.where(resource.c.res_type.in_(types))
+            return tx.conn.execute(stmt).scalar_one()
+        return self.repo.run(unit, write=False)
+
+    def run(self, job: ReindexJob, progress: Callable[[ReindexJob], None] | None = None) -> ReindexJob:
+        """Run a job to the end in this thread."""
+        engine = self.repo.search_engine
+        job.status = "running"
+        job.total = self.count(job.types)
+        after = 0
+        try:
+            while True:
+                done, after = self.repo.run(lambda tx: engine.reindex_batch(
+                    tx.conn, job.types, after_rid=after, limit=self.batch))
+                job.done += done
+                if progress:
+                    progress(job)
+                if done < self.batch:
+                    break
+            job.status = "completed"
+        except Exception as exc:  # noqa: BLE001 - a job records its failure
+            log.exception("reindex job %s failed", job.id)
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+        job.finished = time.time()
+        return job
+
+    def start(self, types: list[str] | None, on_done: Callable[[ReindexJob], None] | None = None
+              ) -> ReindexJob:
+        """Start a job in a background thread; returns at once."""
+        job = ReindexJob(uuid.uuid4().hex, sorted(types) if types else None)
+        with self._lock:
+            self.jobs[job.id] = job
+
+        def work():
+            self.run(job)
+            if on_done:
+                on_done(job)
+        threading.Thread(target=work, name=f"reindex-{job.id[:8]}", daemon=True).start()
+        return job
+
+    def get(self, job_id: str) -> ReindexJob | None:
+        return self.jobs.get(job_id)

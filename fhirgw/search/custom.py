@@ -1,0 +1,150 @@
+"""SearchParameter resources stored in the server: checked on write, live at once.
+
+* ``check(body)`` refuses a SearchParameter the engine cannot use (bad type, an expression
+  that does not compile) before anything is stored.
+* ``CustomParameters.on_commit`` adds (or removes, on delete or ``status=retired``) the
+  parameter in this process as soon as the write commits, and starts the reindex of its
+  base types, so resources written before the parameter existed are found too. Until that
+  reindex is done, searches on the parameter carry a warning saying results may be partial.
+* Other processes on the same database see the change within ``ttl`` seconds
+  (``maybe_refresh`` compares a cheap fingerprint of the stored SearchParameters).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import false, func, select
+
+from ..model.errors import BadRequest, FhirError, Issue
+from ..model.resources import SUPPORTED, loads
+from ..store.tables import resource
+from .registry import SearchParam, SearchRegistry
+from .fhirpath import check_expression, compile_expression
+
+log = logging.getLogger("fhirgw.search")
+
+
+def check(body: dict) -> None:
+    """Raise BadRequest (with an expression) if the engine could not use this parameter."""
+    try:
+        sp = SearchParam.from_json(body, custom=True)
+    except FhirError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any malformed definition
+        raise BadRequest(f"SearchParameter is not usable: {exc}",
+                         expression="SearchParameter") from None
+    for b in sp.base:
+        if b not in SUPPORTED and b not in ("Resource", "DomainResource"):
+            raise BadRequest(f"SearchParameter.base {b!r} is not a resource type this server "
+                             "serves", expression="SearchParameter.base")
+        if sp.expression and b in SUPPORTED:
+            try:
+                check_expression(sp.expression, b)
+                compile_expression(sp.expression, b)
+            except Exception as exc:  # noqa: BLE001 - fhirpathpy raises many kinds
+                raise BadRequest(f"SearchParameter.expression does not compile for {b}: {exc}",
+                                 expression="SearchParameter.expression") from None
+
+
+def _active(body: dict) -> bool:
+    return body.get("status") != "retired"
+
+
+class CustomParameters:
+    def __init__(self, registry: SearchRegistry, engine, ttl: float = 2.0):
+        self.registry = registry
+        self.engine = engine
+        self.ttl = ttl
+        self._fingerprint: tuple | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        #: url -> base types, while their reindex is running
+        self.pending: dict[str, tuple[str, ...]] = {}
+        #: called with the base types to reindex when a parameter is added
+        self.start_reindex: Callable[[str, list[str]], None] | None = None
+
+    # ------------------------------------------------------------ loading
+
+    def _stored(self, conn):
+        return conn.execute(select(resource.c.body).where(
+            resource.c.res_type == "SearchParameter", resource.c.deleted == false())).all()
+
+    def _fingerprint_of(self, conn) -> tuple:
+        return tuple(conn.execute(select(func.count(), func.max(resource.c.last_updated)).where(
+            resource.c.res_type == "SearchParameter")).one())
+
+    def load(self, conn) -> int:
+        """Make the registry hold exactly the official parameters plus the stored ones."""
+        wanted = {}
+        for (body,) in self._stored(conn):
+            sp = loads(body)
+            if _active(sp):
+                wanted[sp.get("url") or sp.get("id")] = sp
+        for p in list(self.registry):
+            if p.custom and p.url not in wanted:
+                self.registry.remove(p.url)
+        for sp in wanted.values():
+            try:
+                self.registry.add(sp)
+            except FhirError as exc:  # stored before a rule tightened: skip, say so
+                log.warning("stored SearchParameter %s not loaded: %s", sp.get("url"), exc)
+        self._fingerprint = self._fingerprint_of(conn)
+        self._checked = time.monotonic()
+        return len(wanted)
+
+    def maybe_refresh(self) -> None:
+        """Reload when another process changed the stored SearchParameters."""
+        now = time.monotonic()
+        if now - self._checked < self.ttl:
+            return
+        with self._lock:
+            if now - self._checked < self.ttl:
+                return
+            self._checked = now
+            with self.engine.connect() as conn:
+                if self._fingerprint_of(conn) != self._fingerprint:
+                    self.load(conn)
+
+    # ------------------------------------------------------------ writes
+
+    def on_commit(self, written) -> None:
+        for stored in written:
+            if stored.res_type != "SearchParameter":
+                continue
+            if stored.deleted or not _active(stored.resource()):
+                # the deleted version has no body to name its url: reload what is stored
+                with self.engine.connect() as conn:
+                    self.load(conn)
+                continue
+            body = stored.resource()
+            sp = self.registry.add(body)
+            self._forget_fingerprint()
+            types = sorted(t for t in SUPPORTED if self.registry.get(t, sp.code) is sp)
+            if types and self.start_reindex is not None:
+                self.pending[sp.url] = tuple(types)
+                self.start_reindex(sp.url, types)
+
+    def reindexed(self, url: str) -> None:
+        self.pending.pop(url, None)
+
+    def _forget_fingerprint(self) -> None:
+        # our own write changed the fingerprint; take the new one on the next check
+        self._fingerprint = None
+        self._checked = 0.0
+
+    def warnings_for(self, query) -> list[Issue]:
+        """A warning for each searched parameter whose reindex is still running."""
+        if not self.pending:
+            return []
+        out = []
+        for c in getattr(query, "criteria", []):
+            p = getattr(c, "param", None)
+            if p is not None and p.url in self.pending:
+                out.append(Issue(f"Search parameter {p.code!r} was added recently and existing "
+                                 "resources are still being reindexed; results may be "
+                                 "incomplete until the reindex finishes", code="incomplete",
+                                 severity="warning"))
+        return out
