@@ -23,6 +23,7 @@ serve: install
 
 test-data: install
 	bash scripts/fetch_test_data.sh
+	bash scripts/fetch_profile_packages.sh
 
 test: install test-data
 	$(BIN)/python -m pytest -n 2 -q
@@ -30,6 +31,7 @@ test: install test-data
 definitions: install
 	bash scripts/fetch_test_data.sh
 	$(BIN)/python scripts/build_definitions.py
+	$(BIN)/python -m fhirgw.validation.build_core
 
 bench: install test-data
 	$(BIN)/python benchmarks/ingest.py

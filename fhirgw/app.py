@@ -8,7 +8,6 @@ from .api import openapi
 from .api.http import install
 from .api.logging import AccessLog
 from .config import Settings
-from .model import resources as res
 from .operations.reindex import Reindexer
 from .rest import Router
 from .store.db import make_engine, migrate
@@ -22,39 +21,36 @@ def _default_search_engine(settings: Settings):
     return SearchEngine(base_urls=[settings.base_url] if settings.base_url else [])
 
 
-def make_validator():
-    """Base (R4B) validation, plus the checks some types need before they may be stored."""
-    from .search.custom import check as check_search_parameter
-
-    def validate(body: dict, res_type: str) -> dict:
-        res.validate(body, res_type)
-        if res_type == "SearchParameter":
-            check_search_parameter(body)
-        return body
-    return validate
-
-
 def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     """The gateway as an ASGI app; ``search_engine`` defaults to the official R4 one."""
     from .search.custom import CustomParameters
+    from .search.custom import check as check_search_parameter
+    from .validation import ProfileValidator
+    from .validation.gate import StoredDefinitions, WriteValidator, parse_required_profiles
 
     settings = settings or Settings()
     engine = make_engine(settings.database_url, pool_size=settings.pool_size)
     if settings.migrate:
         migrate(engine)
     search = search_engine or _default_search_engine(settings)
-    repo = Repository(engine, search, validator=make_validator())
+    profiles = ProfileValidator()
+    validator = WriteValidator(profiles, parse_required_profiles(settings.required_profiles),
+                               checks={"SearchParameter": [check_search_parameter]})
+    repo = Repository(engine, search, validator=validator)
+    definitions = StoredDefinitions(profiles, engine)
+    definitions.load()
+    repo.after_commit.append(definitions.on_commit)
 
     # stored SearchParameters: loaded now, live on write, reindexed in the background
     custom = CustomParameters(search.registry, engine)
-    with engine.connect() as conn:
-        custom.load(conn)
+    custom.load()
     reindexer = Reindexer(repo)
     custom.start_reindex = lambda url, types: reindexer.start(
         types, on_done=lambda job: custom.reindexed(url))
     repo.after_commit.append(custom.on_commit)
 
-    router = Router(repo, settings, custom_params=custom, reindexer=reindexer)
+    router = Router(repo, settings, custom_params=custom, reindexer=reindexer,
+                    watchers=[custom, definitions])
     app = FastAPI(title="fhirgw", version=__version__,
                   description="FHIR R4 gateway for virtual mental-health IOPs. "
                               "The FHIR API lives under /fhir.")

@@ -51,5 +51,65 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
                 log_level=log_level, access_log=False)
 
 
+@app.command()
+def validate(path: str = typer.Argument(..., help="a JSON file (resource or Bundle) or a folder"),
+             profile: list[str] = typer.Option(None, "--profile", "-p",
+                                               help="validate against this profile (repeatable)"),
+             profiles_dir: list[str] = typer.Option(None, "--profiles",
+                                                    help="more definitions to load (folder, "
+                                                         "file or npm package)")) -> None:
+    """Validate resources offline (R4B base + profiles); exit 1 when any has errors."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .model.errors import FhirError
+    from .model.resources import loads
+    from .validation import ProfileValidator
+    from .validation.gate import WriteValidator
+
+    console = Console()
+    target = Path(path)
+    if not target.exists():
+        console.print(f"[red]no such file or folder: {path}[/red]")
+        raise typer.Exit(2)
+    files = sorted(target.rglob("*.json")) if target.is_dir() else [target]
+    profiles = ProfileValidator()
+    for extra in profiles_dir or ():
+        profiles.load(extra)
+    gate = WriteValidator(profiles)
+    table = Table("file", "resource", "severity", "location", "message")
+    errors = checked = 0
+    for f in files:
+        try:
+            body = loads(f.read_bytes())
+        except FhirError as exc:
+            table.add_row(str(f), "-", "[red]error[/red]", "", exc.issues[0].diagnostics)
+            errors += 1
+            continue
+        bodies = [body]
+        if isinstance(body, dict) and body.get("resourceType") == "Bundle" and not profile:
+            bodies += [e.get("resource") for e in body.get("entry") or []
+                       if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        for b in bodies:
+            if not isinstance(b, dict):
+                continue
+            checked += 1
+            rtype = str(b.get("resourceType"))
+            label = f"{rtype}/{b.get('id', '-')}"
+            for i in gate.outcome(b, rtype, list(profile or [])):
+                if i.severity == "information":
+                    continue
+                colour = "red" if i.severity in ("error", "fatal") else "yellow"
+                errors += i.severity in ("error", "fatal")
+                table.add_row(str(f), label, f"[{colour}]{i.severity}[/{colour}]",
+                              ", ".join(i.expression), i.diagnostics)
+    if table.row_count:
+        console.print(table)
+    console.print(f"{checked} resource(s) checked, {errors} error(s)")
+    raise typer.Exit(1 if errors else 0)
+
+
 def main() -> None:  # pragma: no cover
     app()

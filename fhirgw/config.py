@@ -31,5 +31,8 @@ class Settings:
         "FHIRGW_MAX_CONDITIONAL_DELETE", 100))
     #: connection pool size per process
     pool_size: int = field(default_factory=lambda: _env_int("FHIRGW_POOL_SIZE", 10))
+    #: profiles every write of a type must meet: ``Patient=url|url;Task=url``
+    required_profiles: str = field(default_factory=lambda: os.environ.get(
+        "FHIRGW_REQUIRED_PROFILES", ""))
     #: apply migrations on start
     migrate: bool = True

@@ -110,7 +110,7 @@ def route(method: str, pattern: str, operation: str | None = None):
 
 class Router:
     def __init__(self, repo: Repository, settings: Settings | None = None, *,
-                 custom_params=None, reindexer=None):
+                 custom_params=None, reindexer=None, watchers=()):
         self.repo = repo
         self.settings = settings or Settings()
         self.search = repo.search_engine
@@ -118,6 +118,8 @@ class Router:
         self.custom = custom_params
         #: $reindex jobs (fhirgw.operations.reindex.Reindexer)
         self.reindexer = reindexer
+        #: views of stored definitions other processes may change (maybe_refresh())
+        self.watchers = list(watchers)
         from .bundle import BundleProcessor
         from .capability import capability_statement
         self.bundles = BundleProcessor(self)
@@ -129,8 +131,9 @@ class Router:
     def handle(self, req: RestRequest, tx: Tx | None = None) -> RestResponse:
         """Route a request. With ``tx`` the interaction joins that transaction (Bundles)."""
         method = req.method.upper()
-        if tx is None and self.custom is not None:
-            self.custom.maybe_refresh()  # SearchParameters changed by another process
+        if tx is None:
+            for watcher in self.watchers:  # definitions changed by another process
+                watcher.maybe_refresh()
         if method == "HEAD":
             method = "GET"
         path = req.path.strip("/")
@@ -334,6 +337,20 @@ class Router:
     @route("POST", "{type}/$reindex", operation="reindex")
     def reindex_type(self, req, tx, type):
         return self._reindex(req, tx, [type])
+
+    @route("POST", "{type}/$validate", operation="validate")
+    def validate_type(self, req, tx, type):
+        return self._validate(req, tx, type, None)
+
+    @route("POST", "{type}/{id}/$validate", operation="validate")
+    def validate_instance(self, req, tx, type, id):
+        return self._validate(req, tx, type, id)
+
+    def _validate(self, req, tx, type, id):
+        from ..operations.validate import validate
+        body = req.json()
+        outcome = self._run(tx, lambda t: validate(self.repo.validator, t, type, id, body), False)
+        return RestResponse(200, orjson.dumps(outcome), {})
 
     @route("GET", "$reindex-status/{job}")
     def reindex_status(self, req, tx, job):

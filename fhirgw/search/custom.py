@@ -7,20 +7,16 @@
   base types, so resources written before the parameter existed are found too. Until that
   reindex is done, searches on the parameter carry a warning saying results may be partial.
 * Other processes on the same database see the change within ``ttl`` seconds
-  (``maybe_refresh`` compares a cheap fingerprint of the stored SearchParameters).
+  (``fhirgw.store.watch``).
 """
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 
-from sqlalchemy import false, func, select
-
 from ..model.errors import BadRequest, FhirError, Issue
-from ..model.resources import SUPPORTED, loads
-from ..store.tables import resource
+from ..model.resources import SUPPORTED
+from ..store.watch import StoredResourceWatcher
 from .registry import SearchParam, SearchRegistry
 from .fhirpath import check_expression, compile_expression
 
@@ -56,33 +52,21 @@ def _active(body: dict) -> bool:
 class CustomParameters:
     def __init__(self, registry: SearchRegistry, engine, ttl: float = 2.0):
         self.registry = registry
-        self.engine = engine
-        self.ttl = ttl
-        self._fingerprint: tuple | None = None
-        self._checked = 0.0
-        self._lock = threading.Lock()
+        self.watcher = StoredResourceWatcher(engine, ["SearchParameter"], self._reload, ttl)
         #: url -> base types, while their reindex is running
         self.pending: dict[str, tuple[str, ...]] = {}
         #: called with the base types to reindex when a parameter is added
         self.start_reindex: Callable[[str, list[str]], None] | None = None
 
-    # ------------------------------------------------------------ loading
-
-    def _stored(self, conn):
-        return conn.execute(select(resource.c.body).where(
-            resource.c.res_type == "SearchParameter", resource.c.deleted == false())).all()
-
-    def _fingerprint_of(self, conn) -> tuple:
-        return tuple(conn.execute(select(func.count(), func.max(resource.c.last_updated)).where(
-            resource.c.res_type == "SearchParameter")).one())
-
-    def load(self, conn) -> int:
+    def load(self) -> int:
         """Make the registry hold exactly the official parameters plus the stored ones."""
-        wanted = {}
-        for (body,) in self._stored(conn):
-            sp = loads(body)
-            if _active(sp):
-                wanted[sp.get("url") or sp.get("id")] = sp
+        return self.watcher.load()
+
+    def maybe_refresh(self) -> None:
+        self.watcher.maybe_refresh()
+
+    def _reload(self, bodies: list[dict]) -> None:
+        wanted = {(sp.get("url") or sp.get("id")): sp for sp in bodies if _active(sp)}
         for p in list(self.registry):
             if p.custom and p.url not in wanted:
                 self.registry.remove(p.url)
@@ -91,22 +75,6 @@ class CustomParameters:
                 self.registry.add(sp)
             except FhirError as exc:  # stored before a rule tightened: skip, say so
                 log.warning("stored SearchParameter %s not loaded: %s", sp.get("url"), exc)
-        self._fingerprint = self._fingerprint_of(conn)
-        self._checked = time.monotonic()
-        return len(wanted)
-
-    def maybe_refresh(self) -> None:
-        """Reload when another process changed the stored SearchParameters."""
-        now = time.monotonic()
-        if now - self._checked < self.ttl:
-            return
-        with self._lock:
-            if now - self._checked < self.ttl:
-                return
-            self._checked = now
-            with self.engine.connect() as conn:
-                if self._fingerprint_of(conn) != self._fingerprint:
-                    self.load(conn)
 
     # ------------------------------------------------------------ writes
 
@@ -116,12 +84,9 @@ class CustomParameters:
                 continue
             if stored.deleted or not _active(stored.resource()):
                 # the deleted version has no body to name its url: reload what is stored
-                with self.engine.connect() as conn:
-                    self.load(conn)
+                self.load()
                 continue
-            body = stored.resource()
-            sp = self.registry.add(body)
-            self._forget_fingerprint()
+            sp = self.registry.add(stored.resource())
             types = sorted(t for t in SUPPORTED if self.registry.get(t, sp.code) is sp)
             if types and self.start_reindex is not None:
                 self.pending[sp.url] = tuple(types)
@@ -129,11 +94,6 @@ class CustomParameters:
 
     def reindexed(self, url: str) -> None:
         self.pending.pop(url, None)
-
-    def _forget_fingerprint(self) -> None:
-        # our own write changed the fingerprint; take the new one on the next check
-        self._fingerprint = None
-        self._checked = 0.0
 
     def warnings_for(self, query) -> list[Issue]:
         """A warning for each searched parameter whose reindex is still running."""

@@ -159,6 +159,13 @@ class ProfileValidator:
                 state.profile(resource["url"])
             self._state = state
 
+    def check(self, resource: dict) -> None:
+        """Raise DefinitionError if ``add(resource)`` would; changes nothing (a dry run)."""
+        user = self._state.user.copy()
+        user.add_resource(resource)
+        if resource.get("resourceType") == "StructureDefinition":
+            _State(user, core_invariants=self._core_invariants).profile(resource["url"])
+
     def load(self, path: str | os.PathLike) -> int:
         """Load more definitions from a file, folder or npm package; returns how many."""
         with self._write_lock:
