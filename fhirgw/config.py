@@ -34,5 +34,8 @@ class Settings:
     #: profiles every write of a type must meet: ``Patient=url|url;Task=url``
     required_profiles: str = field(default_factory=lambda: os.environ.get(
         "FHIRGW_REQUIRED_PROFILES", ""))
+    #: system URI of the business identifiers the gateway assigns (Task, ServiceRequest, ...)
+    identifier_system: str = field(default_factory=lambda: os.environ.get(
+        "FHIRGW_IDENTIFIER_SYSTEM", "http://fhirgw.dev/fhir/sid/business-id"))
     #: apply migrations on start
     migrate: bool = True

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
-from ..model.errors import FhirError, PayloadTooLarge, outcome_bytes
+from ..model.errors import FhirError, NotAcceptable, PayloadTooLarge, outcome_bytes
 from ..model.errors import Issue
 from ..rest import RestRequest, Router
 from .negotiation import check_body_type, check_format
@@ -45,7 +45,7 @@ def install(app: FastAPI, router: Router) -> None:
 
     async def fhir(request: Request, path: str = "") -> Response:
         headers = request.headers
-        check_format(request.query_params.get("_format"), headers.get("accept"))
+        fmt = check_format(request.query_params.get("_format"), headers.get("accept"))
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_body_bytes:
             raise PayloadTooLarge(f"The body is {length} bytes; the limit is "
@@ -58,14 +58,19 @@ def install(app: FastAPI, router: Router) -> None:
             method=request.method, path=path,
             query=request.query_params.multi_items(),
             headers={k: v for k, v in headers.items()},
-            body=body, base=base_of(request))
+            body=body, base=base_of(request), format=fmt)
         rresp = await anyio.to_thread.run_sync(router.handle, rreq)
+        if fmt == "html" and rresp.media_type != "text/html" and rresp.status < 300:
+            raise NotAcceptable("Only some operations render HTML (e.g. Composition/[id]/"
+                                "$document); ask for application/fhir+json",
+                                expression="_format")
+        media = rresp.media_type or FHIR_JSON
         out_headers = dict(rresp.headers)
         if request.method == "HEAD":
             return Response(None, status_code=rresp.status, headers=out_headers,
-                            media_type=FHIR_JSON)
+                            media_type=media)
         return Response(rresp.body, status_code=rresp.status, headers=out_headers,
-                        media_type=FHIR_JSON if rresp.body is not None else None)
+                        media_type=media if rresp.body is not None else None)
 
     app.add_api_route("/fhir", fhir, methods=METHODS, include_in_schema=False)
     app.add_api_route("/fhir/{path:path}", fhir, methods=METHODS, include_in_schema=False)

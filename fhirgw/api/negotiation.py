@@ -10,21 +10,30 @@ _XML = ("xml", "application/fhir+xml", "application/xml", "text/xml", "applicati
 BODY_TYPES = JSON_TYPES | {"application/json-patch+json", "application/x-www-form-urlencoded"}
 
 
-def check_format(format_param: str | None, accept: str | None) -> None:
+_HTML = ("html", "text/html")
+
+
+def check_format(format_param: str | None, accept: str | None) -> str:
+    """The format the client wants: ``json`` or ``html`` (only some operations render
+    HTML; the others answer 406 for it). XML and anything else: 406 here."""
     if format_param:
         f = format_param.strip().lower().split(";")[0]
         if f in _FORMAT_ALIASES:
-            return
+            return "json"
+        if f in _HTML:
+            return "html"
         if f in _XML:
             raise NotAcceptable("XML is not supported by this server; use _format=json",
                                 expression="_format")
         raise NotAcceptable(f"_format={format_param} is not supported (use json)",
                             expression="_format")
     if not accept:
-        return
+        return "json"
     kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]
     if any(k in JSON_TYPES or k in ("*/*", "application/*", "") for k in kinds):
-        return
+        return "json"
+    if "text/html" in kinds:
+        return "html"
     if any(k in _XML for k in kinds):
         raise NotAcceptable("XML is not supported by this server; ask for "
                             "application/fhir+json", expression="Accept")

@@ -34,6 +34,7 @@ class RestRequest:
     body: bytes | None = None
     parsed: Any = None                          # the body already parsed (Bundle entries)
     base: str = ""                              # "http://host:port/fhir"
+    format: str = "json"                        # what the client asked for: json | html
 
     @classmethod
     def from_url(cls, method: str, url: str, **kw) -> "RestRequest":
@@ -69,6 +70,8 @@ class RestResponse:
     headers: dict[str, str] = field(default_factory=dict)
     #: for Bundle entries: the stored version behind this response
     stored: Stored | None = None
+    #: None means application/fhir+json
+    media_type: str | None = None
 
 
 def _prefer(req: RestRequest, key: str) -> str | None:
@@ -351,6 +354,53 @@ class Router:
         body = req.json()
         outcome = self._run(tx, lambda t: validate(self.repo.validator, t, type, id, body), False)
         return RestResponse(200, orjson.dumps(outcome), {})
+
+    # IOP workflow operations (fhirgw.operations.*); each one unit of work
+
+    @route("POST", "EpisodeOfCare/{id}/$discharge", operation="discharge")
+    def discharge(self, req, tx, id):
+        from ..operations.discharge import discharge
+        params = req.json() if req.body or req.parsed is not None else None
+        bundle = self._run(tx, lambda t: discharge(t, id, params, base=req.base,
+                                                   settings=self.settings))
+        return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
+
+    @route("GET", "Composition/{id}/$document", operation="document")
+    def document(self, req, tx, id):
+        from ..operations.document import build_document, render_html
+        bundle = self._run(tx, lambda t: build_document(t, id, base=req.base), False)
+        if req.format == "html":
+            return RestResponse(200, render_html(bundle).encode(), {},
+                                media_type="text/html; charset=utf-8")
+        return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
+
+    @route("POST", "Composition/{id}/$document", operation="document")
+    def document_post(self, req, tx, id):
+        return self.document(req, tx, id)
+
+    @route("POST", "CarePlan/{id}/$schedule", operation="schedule")
+    def schedule(self, req, tx, id):
+        from ..operations.schedule import schedule
+        params = req.json()
+        bundle = self._run(tx, lambda t: schedule(t, id, params, base=req.base,
+                                                  settings=self.settings))
+        return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
+
+    @route("POST", "Patient/{id}/$medication-handoff", operation="medication-handoff")
+    def medication_handoff(self, req, tx, id):
+        from ..operations.messaging import medication_handoff
+        params = req.json()
+        bundle = self._run(tx, lambda t: medication_handoff(t, id, params, base=req.base,
+                                                            settings=self.settings))
+        return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
+
+    @route("POST", "$process-message", operation="process-message")
+    def process_message(self, req, tx):
+        from ..operations.messaging import process_message
+        message = req.json()
+        bundle = self._run(tx, lambda t: process_message(t, message, base=req.base,
+                                                         settings=self.settings))
+        return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
 
     @route("GET", "$reindex-status/{job}")
     def reindex_status(self, req, tx, job):

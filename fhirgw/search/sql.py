@@ -65,7 +65,7 @@ def range_cond(prefix: str, low_col, high_col, v: RangeValue, *, point: bool = F
     if prefix == "ne":
         return ne
     if prefix == "gt":
-        return high_col > ph
+        return high_col >= ph
     if prefix == "lt":
         return low_col < pl
     if prefix == "ge":

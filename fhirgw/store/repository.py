@@ -143,6 +143,25 @@ def _with_meta(body: dict, res_id: str, version: int, last_updated: int) -> dict
 
 # ---------------------------------------------------------------- repository
 
+class WriteRule:
+    """A workflow rule the repository applies to every write of its ``types``, whatever
+    the interaction (create, update, patch, transaction entry). Raise a FhirError to refuse
+    the write; the whole unit of work then rolls back."""
+
+    types: frozenset[str] = frozenset()
+
+    def before_write(self, tx: "Tx", res_type: str, res_id: str, body: dict,
+                     previous: dict | None) -> dict:
+        """Check (and possibly complete) the new version before it is stored."""
+        return body
+
+    def after_write(self, tx: "Tx", stored: Stored, previous: dict | None) -> None:
+        """React to a stored version inside the same transaction."""
+
+    def before_commit(self, tx: "Tx") -> None:
+        """Work deferred to the end of the unit of work (it sees every entry of a Bundle)."""
+
+
 class Repository:
     def __init__(self, engine: Engine, search: Any, validator: Validator | None = None,
                  max_retries: int = 5):
@@ -151,8 +170,8 @@ class Repository:
         self.validator = validator or (lambda body, rtype: res.validate(body, rtype))
         self.is_pg = engine.dialect.name == "postgresql"
         self.max_retries = max_retries
-        #: called inside the unit of work for every version written (workflow rules)
-        self.hooks: list[Callable[["Tx", Stored], None]] = []
+        #: workflow rules, called inside the unit of work (see ``WriteRule``)
+        self.rules: list[WriteRule] = []
         #: called once the unit of work has committed, with every version it wrote
         self.after_commit: list[Callable[[list[Stored]], None]] = []
 
@@ -175,6 +194,9 @@ class Repository:
                 with self.connect(write=write) as conn:
                     tx = Tx(self, conn)
                     result = fn(tx)
+                    if tx.written:
+                        for rule in self.rules:
+                            rule.before_commit(tx)
             except DBAPIError as exc:
                 attempt += 1
                 if attempt > self.max_retries or not self._retryable(exc):
@@ -290,11 +312,36 @@ class Tx:
         query = self.repo.search_engine.parse(res_type, items, strict=True)
         return self.repo.search_engine.find(self.conn, res_type, query, limit=limit)
 
+    def search(self, res_type: str, items: list[tuple[str, str]], limit: int | None = 1000
+               ) -> list[Stored]:
+        """Current resources matching ``items`` (a search query), in one query for the
+        matches and one for their bodies. For operations that gather related resources."""
+        query = self.repo.search_engine.parse(res_type, items, strict=True)
+        found = self.repo.search_engine.find(self.conn, res_type, query, limit=limit)
+        if not found:
+            return []
+        rows = self.conn.execute(
+            select(resource.c.rid, resource.c.res_id, resource.c.version,
+                   resource.c.last_updated, resource.c.body)
+            .where(resource.c.rid.in_([rid for rid, _ in found]))
+        ).all()
+        by_rid = {r.rid: r for r in rows}
+        return [Stored(res_type, r.res_id, r.version, r.last_updated, False, r.body)
+                for rid, _ in found if (r := by_rid.get(rid)) is not None]
+
     # ------------------------------------------------------------ writes
 
     def _write(self, res_type: str, res_id: str, body: dict | None, method: str,
                current=None) -> Stored:
         """Write a new version: resource row, history row, index rows. No checks here."""
+        rules = [r for r in self.repo.rules if res_type in r.types]
+        previous = None
+        if rules:
+            if current is not None and not current.deleted and current.body is not None:
+                previous = res.loads(current.body)
+            if body is not None:
+                for rule in rules:
+                    body = rule.before_write(self, res_type, res_id, body, previous)
         now = clock.now()
         version = (current.version + 1) if current is not None else 1
         deleted = body is None
@@ -321,8 +368,8 @@ class Tx:
             self._index(rid, res_type, body)
         stored = Stored(res_type, res_id, version, now, deleted, data, method)
         self.written.append(stored)
-        for hook in self.repo.hooks:
-            hook(self, stored)
+        for rule in rules:
+            rule.after_write(self, stored, previous)
         return stored
 
     def _index(self, rid: int, res_type: str, body: dict) -> None:
