@@ -12,6 +12,7 @@ from .operations.reindex import Reindexer
 from .rest import Router
 from .store.db import make_engine, migrate
 from .store.repository import Repository
+from .workflows import rules as workflow_rules
 
 
 def _default_search_engine(settings: Settings):
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     validator = WriteValidator(profiles, parse_required_profiles(settings.required_profiles),
                                checks={"SearchParameter": [check_search_parameter]})
     repo = Repository(engine, search, validator=validator)
+    repo.rules.extend(workflow_rules(settings))
     definitions = StoredDefinitions(profiles, engine)
     definitions.load()
     repo.after_commit.append(definitions.on_commit)
