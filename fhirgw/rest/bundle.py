@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from ..model import resources as res
+from ..model.references import rewrite_links
 from ..model.errors import (BadRequest, FhirError, Issue, NotFound, PayloadTooLarge,
                             PreconditionFailed, TooManyMatches, operation_outcome)
 from ..store.repository import Tx, instant, parse_etag
@@ -246,32 +247,9 @@ class BundleProcessor:
 
     def _rewrite(self, tx: Tx, node: Any, mapping: dict[str, str]) -> Any:
         """Replace every link to a Bundle fullUrl; resolve conditional references."""
-        if isinstance(node, dict):
-            out = {}
-            for k, v in node.items():
-                if k == "reference" and isinstance(v, str):
-                    if v in mapping:
-                        v = mapping[v]
-                    elif self._CONDREF.match(v):
-                        v = self._conditional_reference(tx, v)
-                    out[k] = v
-                elif k == "div" and isinstance(v, str) and mapping:
-                    out[k] = self._rewrite_narrative(v, mapping)
-                else:
-                    out[k] = self._rewrite(tx, v, mapping)
-            return out
-        if isinstance(node, list):
-            return [self._rewrite(tx, v, mapping) for v in node]
-        if isinstance(node, str) and node in mapping:
-            return mapping[node]
-        return node
-
-    @staticmethod
-    def _rewrite_narrative(div: str, mapping: dict[str, str]) -> str:
-        def sub(m: re.Match) -> str:
-            url = m.group(2)
-            return f'{m.group(1)}"{mapping.get(url, url)}"'
-        return re.sub(r'((?:href|src)=)"([^"]*)"', sub, div)
+        return rewrite_links(node, mapping,
+                             conditional=lambda ref: self._conditional_reference(tx, ref),
+                             is_conditional=lambda ref: bool(self._CONDREF.match(ref)))
 
     def _conditional_reference(self, tx: Tx, ref: str) -> str:
         rtype, _, q = ref.partition("?")

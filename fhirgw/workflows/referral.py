@@ -16,6 +16,7 @@ import uuid
 from datetime import datetime, timezone
 
 from ..model.errors import Unprocessable
+from ..model.references import local_id
 from ..store.repository import WriteRule
 from .states import StatusMachine
 
@@ -39,13 +40,6 @@ SERVICE_REQUEST_FOLLOWS = {"completed": "completed", "cancelled": "revoked", "re
 def is_fulfilment(task: dict) -> bool:
     return any(c.get("system") == TASK_CODE and c.get("code") == "fulfill"
                for c in ((task.get("code") or {}).get("coding") or []))
-
-
-def local_ref(reference: dict | None, res_type: str) -> str | None:
-    """The id in ``{"reference": "Type/id"}`` when it points at a local ``res_type``."""
-    ref = (reference or {}).get("reference") or ""
-    head, _, rid = ref.partition("/")
-    return rid if head == res_type and rid and "/" not in rid else None
 
 
 class ReferralRules(WriteRule):
@@ -72,7 +66,7 @@ class ReferralRules(WriteRule):
         if previous is not None and previous.get("status") == status:
             return
         follow = SERVICE_REQUEST_FOLLOWS.get(status)
-        sr_id = local_ref(task.get("focus"), "ServiceRequest")
+        sr_id = local_id(task.get("focus"), "ServiceRequest")
         if follow is None or sr_id is None:
             return
         try:
@@ -92,7 +86,7 @@ class ReferralRules(WriteRule):
             if sr.get("status") not in ("active", "draft"):
                 continue
             owner = next((p for p in sr.get("performer") or []
-                          if local_ref(p, "Organization")), None)
+                          if local_id(p, "Organization")), None)
             if owner is None:
                 continue
             if tx.search("Task", [("focus", f"ServiceRequest/{stored.res_id}")], limit=1):
