@@ -8,6 +8,7 @@ from .api import openapi
 from .api.http import install
 from .api.logging import AccessLog
 from .config import Settings
+from .operations.catalog import publish as publish_operations
 from .operations.reindex import Reindexer
 from .rest import Router
 from .store.db import make_engine, migrate
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
         types, on_done=lambda job: custom.reindexed(url))
     repo.after_commit.append(custom.on_commit)
 
+    publish_operations(repo)
     router = Router(repo, settings, custom_params=custom, reindexer=reindexer,
                     watchers=[custom, definitions])
     app = FastAPI(title="fhirgw", version=__version__,

@@ -48,10 +48,10 @@ def capability_statement(router) -> dict:
             ],
         }
         resources.append(entry)
+    from ..operations.catalog import canonical
     from .router import OPERATIONS
 
-    rest_ops = [{"name": op, "definition": f"http://fhirgw.dev/fhir/OperationDefinition/{op}"}
-                for op in sorted(set(OPERATIONS.values()))]
+    rest_ops = [{"name": op, "definition": canonical(op)} for op in sorted(set(OPERATIONS.values()))]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -140,3 +140,16 @@ def test_update_keeps_the_business_identifier(client):
     ident = sr["identifier"]
     body = {k: v for k, v in sr.items() if k != "identifier"}
     assert put(client, body)["identifier"] == ident
+
+
+def test_operation_definitions_are_published_and_listed(client):
+    cs = client.get("/fhir/metadata").json()
+    ops = {o["name"]: o["definition"] for o in cs["rest"][0]["operation"]}
+    assert {"discharge", "document", "schedule", "medication-handoff", "process-message",
+            "validate", "reindex"} <= set(ops)
+    assert ops["validate"] == "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+    od = client.get("/fhir/OperationDefinition/fhirgw-discharge").json()
+    assert od["url"] == ops["discharge"] and od["code"] == "discharge"
+    names = {p["name"] for p in od["parameter"]}
+    assert {"date", "followUpCadence", "followUpCount"} <= names
+    assert client.get("/fhir/OperationDefinition/Resource-validate").json()["code"] == "validate"
