@@ -113,3 +113,5 @@ def validate(path: str = typer.Argument(..., help="a JSON file (resource or Bund
 
 def main() -> None:  # pragma: no cover
     app()
+
+from .cli_data import register; register(app)  # noqa: E402,E702

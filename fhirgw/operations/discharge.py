@@ -37,7 +37,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 from ..config import Settings
-from ..model.errors import BadRequest, NotFound, Gone, Unprocessable
+from ..model.errors import BadRequest, Gone, NotFound, Unprocessable
 from ..store.repository import Tx
 from .document import (CONFIDENTIALITY_SYSTEM, XHTML_NS, assemble, confidentiality_label,
                        confidentiality_of)
@@ -322,7 +322,7 @@ def discharge(tx: Tx, episode_id: str, params: dict | None, *, base: str,
                 "planned": "the client has not started the program; cancel the episode "
                            "instead",
                 "waitlist": "the client has not started the program; cancel the episode "
-                            "instead"}.get(status, "")
+                            "instead"}.get(str(status), "")
         raise Unprocessable(f"EpisodeOfCare/{episode_id} is {status!r} and cannot be "
                             f"discharged" + (f": {hint}" if hint else "")
                             + f" (discharge needs status {' or '.join(DISCHARGEABLE)})",
@@ -400,7 +400,7 @@ class _Context:
         # diagnoses: the episode's ranked ones first, then the other active conditions
         conditions = self._search("Condition", [("patient", p),
                                                 ("clinical-status", "active,recurrence,relapse")])
-        rank = {}
+        rank: dict[str, int] = {}
         for d in self.episode.get("diagnosis") or ():
             key = _ref_key((d.get("condition") or {}).get("reference"))
             if key:
@@ -798,3 +798,39 @@ def _obs_value(obs: dict) -> str:
 def _obs_day(obs: dict) -> str:
     return _day(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start")
                 or obs.get("issued"))
+
+
+#: the OperationDefinition to publish (GET /fhir/OperationDefinition/iop-discharge)
+OPERATION_DEFINITION = {
+    "resourceType": "OperationDefinition",
+    "id": "iop-discharge",
+    "url": "http://fhirgw.dev/fhir/OperationDefinition/iop-discharge",
+    "version": "0.1.0",
+    "name": "IopDischarge",
+    "title": "Discharge a client from the IOP",
+    "status": "active",
+    "kind": "operation",
+    "description": "Finishes the EpisodeOfCare (status finished, period.end), proposes the "
+                   "follow-up Appointments, writes the discharge summary Composition "
+                   "(profile iop-discharge-summary) and returns, and stores, the FHIR document "
+                   "Bundle. One transaction: a refused discharge changes nothing. 404 for an "
+                   "unknown episode, 422 unless it is active or on hold or without a "
+                   "relapse-prevention plan, 400 for malformed Parameters.",
+    "affectsState": True,
+    "code": "discharge",
+    "resource": ["EpisodeOfCare"],
+    "system": False,
+    "type": False,
+    "instance": True,
+    "parameter": [
+        {"name": "date", "use": "in", "min": 0, "max": "1", "type": "date",
+         "documentation": "The discharge date (period.end); default today (UTC)."},
+        {"name": "followUpCadence", "use": "in", "min": 0, "max": "1", "type": "code",
+         "documentation": "weekly | biweekly | monthly; default weekly when a count is given."},
+        {"name": "followUpCount", "use": "in", "min": 0, "max": "1", "type": "integer",
+         "documentation": f"How many follow-ups to propose (0..{MAX_FOLLOW_UPS}); default "
+                          f"{DEFAULT_FOLLOW_UP_COUNT} when a cadence is given, else 0."},
+        {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle",
+         "documentation": "The discharge summary document (Bundle.type document)."},
+    ],
+}

@@ -158,6 +158,9 @@ class BundleProcessor:
         def unit(tx: Tx):
             for e in entries:  # _rewrite builds new structures; the parsed entries stay as sent
                 e.extra["body"] = e.resource
+                e.response = None
+                e.target = None
+                e.matched_id = None
             mapping = self._resolve_identities(tx, entries)
             for e in entries:
                 try:
@@ -165,7 +168,20 @@ class BundleProcessor:
                         e.extra["body"] = self._rewrite(tx, e.extra["body"], mapping)
                 except FhirError as exc:
                     raise _entry_error(e.index, exc) from None
-            for e in sorted(entries, key=lambda e: _ORDER[e.method]):
+            ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+            # creates and plain updates go in batches (a few statements for all of them);
+            # the rest one by one, in the spec's order
+            creates = [e for e in ordered if e.method == "POST" and not e.matched_id]
+            updates = [e for e in ordered if e.method == "PUT"]
+            for e in ordered:
+                if e.method == "POST" and creates:
+                    self._batch_write(tx, creates, create=True)
+                    creates = []
+                elif e.method == "PUT" and updates:
+                    self._batch_write(tx, updates, create=False)
+                    updates = []
+                if e.response is not None:
+                    continue
                 try:
                     e.response = self._execute(req, tx, e)
                 except FhirError as exc:
@@ -264,6 +280,33 @@ class BundleProcessor:
                                      f"{len(found)} resources; it must match exactly one",
                                      code="multiple-matches")
         return f"{rtype}/{found[0][1]}"
+
+    def _batch_write(self, tx: Tx, batch: list[Entry], *, create: bool) -> None:
+        try:
+            if create:
+                items = []
+                for e in batch:
+                    rtype, _, new_id = e.target.partition("/")
+                    body = dict(e.extra["body"])
+                    body.pop("id", None)
+                    items.append((rtype, body, new_id))
+                results = tx.create_many(items)
+            else:
+                items = []
+                for e in batch:
+                    rtype, _, rid = e.target.partition("/")
+                    body = dict(e.extra["body"])
+                    if e.query:  # conditional update resolved to an identity
+                        body["id"] = rid
+                    items.append((rtype, rid, body, parse_etag(e.request.get("ifMatch"))))
+                results = tx.update_many(items)
+        except FhirError as exc:
+            position = getattr(exc, "batch_index", None)
+            index = batch[position].index if position is not None else batch[0].index
+            raise _entry_error(index, exc) from None
+        for e, result in zip(batch, results):
+            status = 201 if create or result.created else 200
+            e.response = ("write", result, status)
 
     def _execute(self, req, tx: Tx, e: Entry):
         body = e.extra.get("body")

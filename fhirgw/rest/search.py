@@ -63,11 +63,12 @@ def searchset(req, page, query) -> bytes:
     issues = list(page.issues)
     if issues:
         entries.append(render.outcome_entry(issues))
-    items = list(query.items)
-    if req.method.upper() == "POST":  # links of a POST search are GET links
-        items = [(k, v) for k, v in req.query + parse_qsl((req.body or b"").decode(),
-                                                          keep_blank_values=True)
-                 if k not in ("_cursor", "_format", "_pretty")]
+    # the links repeat the request's own parameters (all of them: _type too), minus paging
+    # state; a POST search's links are GET links carrying the form's parameters
+    sent = req.query
+    if req.method.upper() == "POST":
+        sent = req.query + parse_qsl((req.body or b"").decode(), keep_blank_values=True)
+    items = [(k, v) for k, v in sent if k not in ("_cursor", "_format", "_pretty")]
     links = [{"relation": "self", "url": render.bundle_link(base, path, items)}]
     if page.next_cursor:
         links.append({"relation": "next",

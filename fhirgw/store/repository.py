@@ -25,12 +25,12 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import jsonpatch
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..model import resources as res
-from ..model.errors import (BadRequest, Conflict, Gone, NotFound, PreconditionFailed,
+from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
 from .tables import INDEX_TABLES, resource, resource_history
 
@@ -109,6 +109,16 @@ class HistoryPage:
     entries: list[Stored]
     next_cursor: int | None
     total: int | None = None
+
+
+# statements built once: executemany with cached compilation
+_INSERT_RESOURCE = insert(resource).returning(resource.c.rid, sort_by_parameter_order=True)
+_UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
+                    .values(version=bindparam("b_version"),
+                            last_updated=bindparam("b_last_updated"),
+                            deleted=bindparam("b_deleted"), body=bindparam("b_body")))
+_INSERT_HISTORY = insert(resource_history)
+_INSERT_INDEX = {kind: insert(table) for kind, table in INDEX_TABLES.items()}
 
 
 def _lock_key(text: str) -> int:
@@ -233,6 +243,15 @@ class Tx:
         if self.repo.is_pg:
             self.conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key(key),))
 
+    def lock_many(self, keys: list[str]) -> None:
+        """Take several locks in one statement, in a fixed order (no deadlock between two
+        units locking overlapping sets)."""
+        if self.repo.is_pg and keys:
+            ordered = sorted({_lock_key(k) for k in keys})
+            self.conn.exec_driver_sql(
+                "SELECT count(pg_advisory_xact_lock(k)) FROM "
+                "(SELECT unnest(%s::bigint[]) AS k ORDER BY 1) AS s", (ordered,))
+
     # ------------------------------------------------------------ reads
 
     def _current_row(self, res_type: str, res_id: str):
@@ -334,56 +353,77 @@ class Tx:
     def _write(self, res_type: str, res_id: str, body: dict | None, method: str,
                current=None) -> Stored:
         """Write a new version: resource row, history row, index rows. No checks here."""
-        rules = [r for r in self.repo.rules if res_type in r.types]
-        previous = None
-        if rules:
-            if current is not None and not current.deleted and current.body is not None:
-                previous = res.loads(current.body)
+        return self._write_many([(res_type, res_id, body, method, current)])[0]
+
+    def _write_many(self, items: list[tuple]) -> list[Stored]:
+        """Write new versions of several resources with a few batched statements: one
+        insert (or update) of resource rows, one of history rows, one delete and one
+        insert per index table. ``items`` are (type, id, body or None, method, current row
+        or None). No checks here; rules run per item."""
+        prepared = []
+        for position, (res_type, res_id, body, method, current) in enumerate(items):
+            rules = [r for r in self.repo.rules if res_type in r.types]
+            previous = None
+            if rules:
+                if current is not None and not current.deleted and current.body is not None:
+                    previous = res.loads(current.body)
+                if body is not None:
+                    try:
+                        for rule in rules:
+                            body = rule.before_write(self, res_type, res_id, body, previous)
+                    except FhirError as exc:
+                        exc.batch_index = position  # which item of a batch failed
+                        raise
+            now = clock.now()
+            version = (current.version + 1) if current is not None else 1
+            data = None
             if body is not None:
-                for rule in rules:
-                    body = rule.before_write(self, res_type, res_id, body, previous)
-        now = clock.now()
-        version = (current.version + 1) if current is not None else 1
-        deleted = body is None
-        data = None
-        if body is not None:
-            body = _with_meta(body, res_id, version, now)
-            data = res.dumps(body)
-        if current is None:
-            rid = self.conn.execute(
-                insert(resource).values(res_type=res_type, res_id=res_id, version=version,
-                                        last_updated=now, deleted=deleted, body=data)
-                .returning(resource.c.rid)
-            ).scalar_one()
-        else:
-            rid = current.rid
-            self.conn.execute(
-                update(resource).where(resource.c.rid == rid)
-                .values(version=version, last_updated=now, deleted=deleted, body=data))
-            self._drop_index(rid)
-        self.conn.execute(insert(resource_history).values(
-            rid=rid, res_type=res_type, res_id=res_id, version=version, last_updated=now,
-            method=method, deleted=deleted, body=data))
-        if body is not None:
-            self._index(rid, res_type, body)
-        stored = Stored(res_type, res_id, version, now, deleted, data, method)
-        self.written.append(stored)
-        for rule in rules:
-            rule.after_write(self, stored, previous)
-        return stored
-
-    def _index(self, rid: int, res_type: str, body: dict) -> None:
-        rows = self.repo.search_engine.index_rows(res_type, body)
-        for kind, kind_rows in rows.items():
-            if not kind_rows:
+                body = _with_meta(body, res_id, version, now)
+                data = res.dumps(body)
+            prepared.append([res_type, res_id, body, method, current, now, version, data,
+                             rules, previous])
+        new = [p for p in prepared if p[4] is None]
+        old = [p for p in prepared if p[4] is not None]
+        if new:
+            rids = self.conn.execute(
+                _INSERT_RESOURCE,
+                [{"res_type": p[0], "res_id": p[1], "version": p[6], "last_updated": p[5],
+                  "deleted": p[2] is None, "body": p[7]} for p in new]).scalars().all()
+            for p, rid in zip(new, rids):
+                p.append(rid)
+        if old:
+            self.conn.execute(_UPDATE_RESOURCE, [
+                {"b_rid": p[4].rid, "b_version": p[6], "b_last_updated": p[5],
+                 "b_deleted": p[2] is None, "b_body": p[7]} for p in old])
+            for p in old:
+                p.append(p[4].rid)
+            rids_old = [p[10] for p in old]
+            for table in INDEX_TABLES.values():
+                self.conn.execute(delete(table).where(table.c.rid.in_(rids_old)))
+        self.conn.execute(_INSERT_HISTORY, [
+            {"rid": p[10], "res_type": p[0], "res_id": p[1], "version": p[6],
+             "last_updated": p[5], "method": p[3], "deleted": p[2] is None, "body": p[7]}
+            for p in prepared])
+        index: dict[str, list[dict]] = {}
+        extract = self.repo.search_engine.index_rows
+        for p in prepared:
+            if p[2] is None:
                 continue
-            for r in kind_rows:
-                r["rid"] = rid
-            self.conn.execute(insert(INDEX_TABLES[kind]), kind_rows)
-
-    def _drop_index(self, rid: int) -> None:
-        for table in INDEX_TABLES.values():
-            self.conn.execute(delete(table).where(table.c.rid == rid))
+            for kind, rows in extract(p[0], p[2]).items():
+                if rows:
+                    for r in rows:
+                        r["rid"] = p[10]
+                    index.setdefault(kind, []).extend(rows)
+        for kind, rows in index.items():
+            self.conn.execute(_INSERT_INDEX[kind], rows)
+        out = []
+        for p in prepared:
+            stored = Stored(p[0], p[1], p[6], p[5], p[2] is None, p[7], p[3])
+            self.written.append(stored)
+            for rule in p[8]:
+                rule.after_write(self, stored, p[9])
+            out.append(stored)
+        return out
 
     def _check_version(self, res_type: str, res_id: str, current, if_match: int | None) -> None:
         if if_match is None:
@@ -412,13 +452,60 @@ class Tx:
                     "the condition must identify at most one", expression="If-None-Exist")
             if found:
                 return WriteResult(self.read(res_type, found[0][1]), matched=True)
+        # a fresh uuid4 cannot collide: no lock, no lookup
         res_id = res_id or str(uuid.uuid4())
-        self.lock(f"{res_type}/{res_id}")
         return WriteResult(self._write(res_type, res_id, body, "POST"), created=True)
+
+    def create_many(self, items: list[tuple[str, dict, str]]) -> list[WriteResult]:
+        """Create validated resources with fresh server ids ((type, body, id) each) in one
+        batch of statements (transaction Bundles)."""
+        stored = self._write_many([(t, rid, body, "POST", None) for t, body, rid in items])
+        return [WriteResult(s, created=True) for s in stored]
+
+    def update_many(self, items: list[tuple[str, str, dict, int | None]]) -> list[WriteResult]:
+        """Update (or create with the given id) validated resources ((type, id, body,
+        if_match) each) in one batch: one lock statement, one lookup, batched writes."""
+        for position, (res_type, res_id, body, _m) in enumerate(items):
+            try:
+                self._check_update_body(res_type, res_id, body)
+            except FhirError as exc:
+                exc.batch_index = position
+                raise
+        keys = sorted({f"{t}/{i}" for t, i, _b, _m in items})
+        self.lock_many(keys)
+        from sqlalchemy import tuple_
+        rows = self.conn.execute(
+            select(resource.c.rid, resource.c.res_type, resource.c.res_id, resource.c.version,
+                   resource.c.last_updated, resource.c.deleted, resource.c.body)
+            .where(tuple_(resource.c.res_type, resource.c.res_id).in_(
+                [(t, i) for t, i, _b, _m in items]))).all()
+        current = {(r.res_type, r.res_id): r for r in rows}
+        for position, (t, i, _b, if_match) in enumerate(items):
+            try:
+                self._check_version(t, i, current.get((t, i)), if_match)
+            except FhirError as exc:
+                exc.batch_index = position
+                raise
+        stored = self._write_many([(t, i, b, "PUT", current.get((t, i)))
+                                   for t, i, b, _m in items])
+        return [WriteResult(s, created=(current.get((s.res_type, s.res_id)) is None
+                                        or current[(s.res_type, s.res_id)].deleted))
+                for s in stored]
 
     def update(self, res_type: str, res_id: str, body: dict, *, if_match: int | None = None,
                validated: bool = False, method: str = "PUT") -> WriteResult:
         """Update, or create with the client's id when it does not exist (201)."""
+        self._check_update_body(res_type, res_id, body)
+        if not validated:
+            self.repo.validator(body, res_type)
+        self.lock(f"{res_type}/{res_id}")
+        current = self._current_row(res_type, res_id)
+        self._check_version(res_type, res_id, current, if_match)
+        created = current is None or current.deleted
+        return WriteResult(self._write(res_type, res_id, body, method, current), created=created)
+
+    @staticmethod
+    def _check_update_body(res_type: str, res_id: str, body: dict) -> None:
         if not res.is_valid_id(res_id):
             raise BadRequest(f"{res_id!r} is not a valid FHIR id ([A-Za-z0-9-.]{{1,64}})",
                              expression=f"{res_type}.id")
@@ -429,13 +516,6 @@ class Tx:
         if body_id != res_id:
             raise BadRequest(f"The body's id {body_id!r} does not match the URL's {res_id!r}",
                              expression=f"{res_type}.id")
-        if not validated:
-            self.repo.validator(body, res_type)
-        self.lock(f"{res_type}/{res_id}")
-        current = self._current_row(res_type, res_id)
-        self._check_version(res_type, res_id, current, if_match)
-        created = current is None or current.deleted
-        return WriteResult(self._write(res_type, res_id, body, method, current), created=created)
 
     def conditional_update(self, res_type: str, items: list[tuple[str, str]], body: dict, *,
                            if_match: int | None = None) -> WriteResult:
