@@ -73,8 +73,12 @@ class Indexer:
 
     def rows(self, res_type: str, resource: dict) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {k: [] for k in KINDS}
+        present = resource.keys()
         for sp, prog in self._plan(res_type):
             kind = sp.type
+            needs = (prog[0] if kind == "composite" else prog).root_keys
+            if needs is not None and present.isdisjoint(needs):
+                continue  # the resource has none of the elements this parameter reads
             if kind == "composite":
                 self._composite(out["composite"], res_type, sp, prog, resource)
                 continue

@@ -101,6 +101,7 @@ def _field(name: str, out_type: str | None) -> Step:
             else:
                 out.append((v, out_type))
         return out
+    step.keys = (name,)  # the JSON keys it reads (see Program.root_keys)
     return step
 
 
@@ -121,6 +122,7 @@ def _choice(name: str, suffixes: dict[str, str]) -> Step:
                     else:
                         out.append((v, t))
         return out
+    step.keys = tuple(k for k, _t in keys)  # the JSON keys it reads (see Program.root_keys)
     return step
 
 
@@ -218,6 +220,7 @@ def _extension(url: str) -> Step:
                 if ext.__class__ is dict and ext.get("url") == url:
                     out.append((ext, "Extension"))
         return out
+    step.keys = ("extension",)  # the JSON keys it reads (see Program.root_keys)
     return step
 
 
@@ -423,6 +426,21 @@ class Program:
     @property
     def empty(self) -> bool:
         return not self.parts and self.fallback is None
+
+    @functools.cached_property
+    def root_keys(self) -> frozenset[str] | None:
+        """The top-level JSON keys a resource must have for this program to find anything,
+        or None when that is not known (a fallback, a step of another kind). Lets the
+        indexer skip most parameters of a resource without walking them."""
+        if self.fallback is not None or not self.parts:
+            return None
+        keys: set[str] = set()
+        for steps in self.parts:
+            first = getattr(steps[0], "keys", None) if steps else None
+            if first is None:
+                return None
+            keys.update(first)
+        return frozenset(keys)
 
 
 def _fhirpathpy_fallback(expr: str) -> Callable[[Any, dict], list[Node]]:
