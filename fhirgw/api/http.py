@@ -60,7 +60,8 @@ def install(app: FastAPI, router: Router) -> None:
             headers={k: v for k, v in headers.items()},
             body=body, base=base_of(request), format=fmt)
         rresp = await anyio.to_thread.run_sync(router.handle, rreq)
-        if fmt == "html" and rresp.media_type != "text/html" and rresp.status < 300:
+        if fmt == "html" and rresp.status < 300 and not (
+                rresp.media_type or "").startswith("text/html"):
             raise NotAcceptable("Only some operations render HTML (e.g. Composition/[id]/"
                                 "$document); ask for application/fhir+json",
                                 expression="_format")

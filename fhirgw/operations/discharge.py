@@ -798,39 +798,3 @@ def _obs_value(obs: dict) -> str:
 def _obs_day(obs: dict) -> str:
     return _day(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start")
                 or obs.get("issued"))
-
-
-#: the OperationDefinition to publish (GET /fhir/OperationDefinition/iop-discharge)
-OPERATION_DEFINITION = {
-    "resourceType": "OperationDefinition",
-    "id": "iop-discharge",
-    "url": "http://fhirgw.dev/fhir/OperationDefinition/iop-discharge",
-    "version": "0.1.0",
-    "name": "IopDischarge",
-    "title": "Discharge a client from the IOP",
-    "status": "active",
-    "kind": "operation",
-    "description": "Finishes the EpisodeOfCare (status finished, period.end), proposes the "
-                   "follow-up Appointments, writes the discharge summary Composition "
-                   "(profile iop-discharge-summary) and returns, and stores, the FHIR document "
-                   "Bundle. One transaction: a refused discharge changes nothing. 404 for an "
-                   "unknown episode, 422 unless it is active or on hold or without a "
-                   "relapse-prevention plan, 400 for malformed Parameters.",
-    "affectsState": True,
-    "code": "discharge",
-    "resource": ["EpisodeOfCare"],
-    "system": False,
-    "type": False,
-    "instance": True,
-    "parameter": [
-        {"name": "date", "use": "in", "min": 0, "max": "1", "type": "date",
-         "documentation": "The discharge date (period.end); default today (UTC)."},
-        {"name": "followUpCadence", "use": "in", "min": 0, "max": "1", "type": "code",
-         "documentation": "weekly | biweekly | monthly; default weekly when a count is given."},
-        {"name": "followUpCount", "use": "in", "min": 0, "max": "1", "type": "integer",
-         "documentation": f"How many follow-ups to propose (0..{MAX_FOLLOW_UPS}); default "
-                          f"{DEFAULT_FOLLOW_UP_COUNT} when a cadence is given, else 0."},
-        {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle",
-         "documentation": "The discharge summary document (Bundle.type document)."},
-    ],
-}

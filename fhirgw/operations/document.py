@@ -450,31 +450,3 @@ padding-top:.5rem}
 @media print{body{background:#fff}.doc{box-shadow:none;margin:0;max-width:none;padding:0}
 section{break-inside:avoid-page}h2{break-after:avoid}@page{margin:1.8cm}}
 """
-
-
-#: the OperationDefinition to publish: the core $document (no persist; _format=html renders)
-OPERATION_DEFINITION = {
-    "resourceType": "OperationDefinition",
-    "id": "iop-document",
-    "url": "http://fhirgw.dev/fhir/OperationDefinition/iop-document",
-    "version": "0.1.0",
-    "name": "IopDocument",
-    "title": "Generate a document",
-    "status": "active",
-    "kind": "operation",
-    "description": "The FHIR document for a stored Composition: Bundle.type document, a new "
-                   "identifier and timestamp, the Composition first, then every local resource "
-                   "it references, transitively (another client's records excepted). "
-                   "_format=html returns a printable page of the document.",
-    "base": "http://hl7.org/fhir/OperationDefinition/Composition-document",
-    "affectsState": False,
-    "code": "document",
-    "resource": ["Composition"],
-    "system": False,
-    "type": False,
-    "instance": True,
-    "parameter": [
-        {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle",
-         "documentation": "The document (Bundle.type document)."},
-    ],
-}
