@@ -53,10 +53,12 @@ class RawDecimal(float):
         return obj
 
 
-# numbers whose text a float round trip would change: trailing zeros in the fraction,
-# exponents, or 16 or more significant digits (a double keeps 15 for sure). Matches inside
-# strings only cost speed.
-_LOSSY_NUMBER = re.compile(rb"\d\.\d*0(?![\d])|\d[eE][+-]?\d|(?:\d\.?){16,}")
+# a number token (in value position: after ``:``, ``[`` or ``,``, before ``,``, ``]`` or ``}``)
+# whose text a float round trip would change: a fraction ending in 0, an exponent, or 16 or
+# more significant digits (a double keeps 15 for sure). Digits inside strings (uuids,
+# dates) do not match; a string that looks like ``:1.50,`` only costs the slower parse.
+_LOSSY_NUMBER = re.compile(
+    rb"(?<=[:\[,])\s*-?(?:\d+\.\d*0|\d+(?:\.\d+)?[eE][+-]?\d+|[\d.]{17,}|\d{16,})(?=\s*[,\]}])")
 
 
 def _default(obj: Any) -> Any:

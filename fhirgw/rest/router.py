@@ -164,6 +164,34 @@ class Router:
                            code="not-supported")
         raise NotFound(f"No FHIR interaction at /{path}", code="not-supported")
 
+    # ------------------------------------------------------------ fast read
+
+    _SIMPLE_READ = re.compile(r"^([A-Z][A-Za-z]*)/([A-Za-z0-9\-.]{1,64})$")
+
+    def simple_read_target(self, method: str, path: str, query) -> tuple[str, str] | None:
+        """(type, id) when the request is a plain read by id that ``read_fast`` serves."""
+        if method not in ("GET", "HEAD") or self.repo.fast is None:
+            return None
+        m = self._SIMPLE_READ.match(path)
+        if m is None or m.group(1) not in res.SUPPORTED:
+            return None
+        if any(k not in ("_format", "_pretty") for k, _v in query):
+            return None
+        return m.group(1), m.group(2)
+
+    def read_fast(self, res_type: str, res_id: str, if_none_match: str | None
+                  ) -> RestResponse | None:
+        """The current version as stored, with one prepared SELECT; None when it is missing
+        or deleted (the full path then answers 404/410 with its OperationOutcome)."""
+        row = self.repo.fast.read(res_type, res_id)
+        if row is None or row[2]:
+            return None
+        stored = Stored(res_type, res_id, row[0], row[1], False, row[3])
+        headers = {"ETag": stored.etag, "Last-Modified": render.http_date(stored.last_updated)}
+        if if_none_match and if_none_match.strip() in (stored.etag, f'"{stored.version}"'):
+            return RestResponse(304, None, headers, stored=stored)
+        return RestResponse(200, stored.body, headers, stored=stored)
+
     def _run(self, tx: Tx | None, fn: Callable[[Tx], Any], write: bool = True):
         return fn(tx) if tx is not None else self.repo.run(fn, write=write)
 
@@ -248,7 +276,9 @@ class Router:
         self.repo.validator(body, type)
         body.pop("id", None)  # the server assigns the id of a created resource
         cond = req.header("if-none-exist")
-        items = _condition(cond) if cond else None
+        # search parameters on the POST URL (``POST Patient?identifier=...``, what fhirpy's
+        # get_or_create sends) are taken as the If-None-Exist condition rather than ignored
+        items = _condition(cond) if cond else (req.search_items or None)
         result = self._run(tx, lambda t: t.create(type, body, if_none_exist=items,
                                                    validated=True))
         if result.matched:

@@ -216,9 +216,13 @@ class SearchEngine:
             for inc in directives_inc:
                 ref = sp_reference.alias()
                 tr = resource.alias()
-                where = [ref.c.rid.in_(src_rids)]
-                if inc.source_type:
-                    where.append(ref.c.res_type == inc.source_type)
+                # the sources' own rids, filtered by type here rather than by a res_type
+                # condition (with it, SQLite scans the (res_type, param) index)
+                rids = src_rids if not inc.source_type else [
+                    s[0] for s in sources if s[1] == inc.source_type]
+                if not rids:
+                    continue
+                where = [ref.c.rid.in_(rids)]
                 if inc.param != "*":
                     where.append(ref.c.param == inc.param)
                 if inc.target_type:
@@ -243,6 +247,8 @@ class SearchEngine:
                     if inc.target_type:
                         where.append(ref.c.target_type == inc.target_type)
                     ors.append(c.rid.in_(select(ref.c.rid).where(*where)))
+            if not ors:
+                break
             remaining = MAX_INCLUDES - total
             stmt = (select(c.rid, c.res_type, c.res_id, c.t.c.body)
                     .where(or_(*ors), c.deleted == false(), c.rid.not_in(seen))

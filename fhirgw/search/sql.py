@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true
+from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true, tuple_
 
 from ..store.tables import INDEX_TABLES, resource, sp_reference
 from .parse import Criterion, RangeValue, RefValue, SearchQuery, SortKey, TokenValue
@@ -65,7 +65,7 @@ def range_cond(prefix: str, low_col, high_col, v: RangeValue, *, point: bool = F
     if prefix == "ne":
         return ne
     if prefix == "gt":
-        return high_col >= ph
+        return high_col > ph
     if prefix == "lt":
         return low_col < pl
     if prefix == "ge":
@@ -94,9 +94,18 @@ class SqlCompiler:
     # -------------------------------------------------------------- filters
 
     def conditions(self, query: SearchQuery, r: RCols, types: tuple[str, ...]) -> list[ColumnElement]:
-        conds: list[ColumnElement] = [_type_cond(r.res_type, types), r.deleted == false()]
+        conds: list[ColumnElement] = [r.deleted == false()]
+        driver = pick_driver(query.criteria)
+        if driver is None:
+            conds.insert(0, _type_cond(r.res_type, types))
         for crit in query.criteria:
-            conds.append(self.criterion(crit, r, types))
+            if driver is not None and crit is not driver and crit.kind == "param":
+                # checked per candidate row through the (rid) index instead of a list of
+                # every matching rid (SQLite builds IN lists in full: all 'status=requested'
+                # Tasks); PostgreSQL plans EXISTS and IN as the same semi-join
+                conds.append(self._param(crit, r, correlated=True))
+            else:
+                conds.append(self.criterion(crit, r, types))
         if query.compartment:
             conds.append(self.compartment(query.compartment, r, types))
         return conds
@@ -120,7 +129,7 @@ class SqlCompiler:
             return self._has(crit, r, types)
         return self._param(crit, r)
 
-    def _param(self, crit: Criterion, r: RCols) -> ColumnElement:
+    def _param(self, crit: Criterion, r: RCols, correlated: bool = False) -> ColumnElement:
         sp = crit.param
         ptype = sp.type
         mod = crit.modifier
@@ -131,14 +140,18 @@ class SqlCompiler:
         elif mod == "of-type":
             param = sp.code + ":of-type"
         t = table
-        sub = select(t.c.rid).where(_type_cond(t.c.res_type, crit.res_types), t.c.param == param)
-        if crit.missing is not None:
-            return r.rid.not_in(sub) if crit.missing else r.rid.in_(sub)
-        ors = [self._value(ptype, mod, t, v, crit) for v in crit.values]
-        sub = sub.where(or_(*ors) if len(ors) > 1 else ors[0])
-        if mod == "not":
-            return r.rid.not_in(sub)
-        return r.rid.in_(sub)
+        if correlated:   # EXISTS (this row's index rows); the rid implies the type
+            sub = select(t.c.rid).where(t.c.rid == r.rid, t.c.param == param)
+        else:
+            sub = select(t.c.rid).where(_type_cond(t.c.res_type, crit.res_types),
+                                        t.c.param == param)
+        negate = bool(crit.missing) if crit.missing is not None else mod == "not"
+        if crit.missing is None:
+            ors = [self._value(ptype, mod, t, v, crit) for v in crit.values]
+            sub = sub.where(or_(*ors) if len(ors) > 1 else ors[0])
+        if correlated:
+            return ~sub.exists() if negate else sub.exists()
+        return r.rid.not_in(sub) if negate else r.rid.in_(sub)
 
     def _value(self, ptype: str, mod: str | None, t, v: Any, crit: Criterion) -> ColumnElement:
         c = t.c
@@ -187,13 +200,23 @@ class SqlCompiler:
         raise ValueError(ptype)
 
     def _chain(self, crit: Criterion, r: RCols) -> ColumnElement:
+        """``rid IN (references whose target IN (targets matching the inner criterion))``:
+        nested from the inside out, so the most selective lookup (the inner criterion's
+        index rows) drives the plan on both databases."""
         ref = sp_reference.alias()
         tr = RCols(resource.alias())
-        inner = self.criterion(crit.inner, tr, crit.target_types)
-        sub = (select(ref.c.rid)
-               .join(tr.t, and_(tr.res_type == ref.c.target_type, tr.res_id == ref.c.target_id))
-               .where(_type_cond(ref.c.res_type, crit.res_types), ref.c.param == crit.param.code,
-                      _type_cond(tr.res_type, crit.target_types), tr.deleted == false(), inner))
+        targets = crit.target_types
+        conds = [tr.deleted == false(), self.criterion(crit.inner, tr, targets)]
+        if not narrows_type(crit.inner):
+            conds.insert(0, _type_cond(tr.res_type, targets))
+        if len(targets) == 1:
+            link = and_(ref.c.target_type == targets[0],
+                        ref.c.target_id.in_(select(tr.res_id).where(*conds)))
+        else:
+            link = tuple_(ref.c.target_type, ref.c.target_id).in_(
+                select(tr.res_type, tr.res_id).where(*conds))
+        sub = select(ref.c.rid).where(_type_cond(ref.c.res_type, crit.res_types),
+                                      ref.c.param == crit.param.code, link)
         return r.rid.in_(sub)
 
     def _has(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
@@ -249,12 +272,60 @@ class SqlCompiler:
         else:   # date, number, quantity: the range end that sorts first in this direction
             col = t.c.high if key.desc else t.c.low
         fn = func.max if key.desc else func.min
-        return (select(fn(col)).where(t.c.rid == r.rid, t.c.param == sp.code,
-                                      _type_cond(t.c.res_type, types))
+        # no res_type condition: the rid decides it, and without one the (rid) index is the
+        # only one that fits (SQLite without statistics otherwise scans (res_type, param))
+        return (select(fn(col)).where(t.c.rid == r.rid, t.c.param == sp.code)
                 .scalar_subquery())
 
 
 # ---------------------------------------------------------------- value conditions
+
+#: token parameters with a handful of codes: a poor first lookup
+_LOW_CARDINALITY = frozenset({"status", "gender", "active", "intent", "priority", "category",
+                              "class", "deceased", "type", "kind", "mode", "use", "_tag",
+                              "_security", "experimental", "clinical-status",
+                              "verification-status", "business-status", "part-status"})
+
+
+def _selectivity_rank(crit: Criterion) -> int:
+    """A guess at how few rows a criterion's index lookup names (lower: fewer)."""
+    if crit.kind == "chain":
+        return 1
+    ptype, mod = crit.param.type, crit.modifier
+    if ptype in ("reference", "uri") or mod == "identifier":
+        return 0
+    if ptype == "token":
+        if mod == "text":
+            return 4
+        return 3 if crit.param.code in _LOW_CARDINALITY or crit.param.code.endswith("-status") else 1
+    if ptype == "string":
+        return 4 if mod == "contains" or crit.param.code == "_text" else 2
+    return 3   # date, number, quantity, composite: ranges
+
+
+def pick_driver(criteria: list[Criterion]) -> Criterion | None:
+    """The criterion whose ``rid IN (...)`` list drives the search (the others are checked
+    per row), or None when none narrows the type (then ``res_type`` does)."""
+    best = None
+    for crit in criteria:
+        if narrows_type(crit) and (best is None or _selectivity_rank(crit) < _selectivity_rank(best)):
+            best = crit
+    return best
+
+
+def narrows_type(crit: Criterion) -> bool:
+    """True when the criterion compiles to ``rid IN (index rows of the searched types)``.
+
+    Index rows carry their resource's type, so such a criterion already keeps only resources
+    of the searched types and the ``resource.res_type`` condition is redundant. It is left
+    out then: SQLite without statistics (no ANALYZE) takes ``res_type = ?`` for selective
+    and scans every resource of the type through ``(res_type, last_updated)`` instead of
+    looking up the few rids the index rows name.
+    """
+    if crit.kind == "param":
+        return crit.missing is not True and crit.modifier != "not"
+    return crit.kind == "chain"
+
 
 def token_cond(c, v: TokenValue) -> ColumnElement:
     if not v.has_bar:

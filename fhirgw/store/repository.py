@@ -180,6 +180,10 @@ class Repository:
         self.validator = validator or (lambda body, rtype: res.validate(body, rtype))
         self.is_pg = engine.dialect.name == "postgresql"
         self.max_retries = max_retries
+        #: prepared read by id on raw connections (None: not available, e.g. in-memory DB)
+        from .fastread import FastReader
+        fast = FastReader(engine)
+        self.fast: FastReader | None = fast if fast.usable else None
         #: workflow rules, called inside the unit of work (see ``WriteRule``)
         self.rules: list[WriteRule] = []
         #: called once the unit of work has committed, with every version it wrote

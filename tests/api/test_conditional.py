@@ -113,3 +113,10 @@ def test_concurrent_read_modify_write_loses_no_update(client):
     final = client.get(f"/fhir/Patient/{pid}").json()
     assert sorted(t["code"] for t in final["meta"]["tag"]) == [f"t{n}" for n in range(8)]
     assert final["meta"]["versionId"] == "9"
+
+
+def test_search_parameters_on_post_url_act_as_if_none_exist(client):
+    r1 = client.post("/fhir/Patient?identifier=urn:iop:mrn|Q-1", json=patient(mrn="Q-1"), headers=FJ)
+    r2 = client.post("/fhir/Patient?identifier=urn:iop:mrn|Q-1", json=patient(mrn="Q-1"), headers=FJ)
+    assert (r1.status_code, r2.status_code) == (201, 200)
+    assert r1.json()["id"] == r2.json()["id"]

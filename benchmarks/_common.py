@@ -1,0 +1,152 @@
+"""Shared pieces of the benchmarks: servers in subprocesses, throwaway databases, results."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+BIN = Path(sys.executable).parent
+PG_ADMIN_URL = os.environ.get("FHIRGW_BENCH_PG",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {proc.args}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def server(args: list[str], ready_url: str, env: dict | None = None, log_name: str = "server"):
+    """Run a server subprocess until the block ends; its output goes to a temp log file."""
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"fhirgw-bench-{log_name}-",
+                                      suffix=".log", delete=False)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+    try:
+        try:
+            wait_ready(ready_url, proc)
+        except RuntimeError:
+            log.flush()
+            log.seek(0)
+            sys.stderr.write(log.read()[-4000:])
+            raise
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+def _cli_has_serve() -> bool:
+    """``fhirgw serve`` works only while the Typer app is a command group; with ``serve`` as
+    its only command and no callback, Typer makes ``serve`` the top-level command and
+    ``fhirgw serve`` fails with "unexpected extra argument"."""
+    import typer
+
+    from fhirgw.cli import app
+
+    if "serve" in getattr(typer.main.get_command(app), "commands", {}):
+        return True
+    print("  (note: `fhirgw serve` is broken, Typer collapsed the single-command app; "
+          "calling fhirgw.cli.serve directly)", file=sys.stderr)
+    return False
+
+
+@contextmanager
+def gateway(database_url: str, log_level: str = "warning"):
+    """``fhirgw serve`` on a free loopback port; yields the FHIR base URL."""
+    port = free_port()
+    if _cli_has_serve():
+        args = [str(BIN / "fhirgw"), "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--database", database_url, "--log-level", log_level]
+    else:  # the same function `fhirgw serve` runs, called directly
+        args = [str(BIN / "python"), "-c",
+                "from fhirgw.cli import serve; serve(host='127.0.0.1', port=%d, database=%r, "
+                "workers=1, log_level=%r)" % (port, database_url, log_level)]
+    with server(args, f"http://127.0.0.1:{port}/healthz", log_name="gateway") as proc:
+        yield f"http://127.0.0.1:{port}/fhir", proc
+
+
+@contextmanager
+def sqlite_database():
+    with tempfile.TemporaryDirectory(prefix="fhirgw-bench-") as d:
+        yield f"sqlite:///{d}/bench.db"
+
+
+@contextmanager
+def pg_database():
+    """A throwaway PostgreSQL database (dropped afterwards); yields its URL, or None."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text("select 1"))
+    except Exception as exc:  # noqa: BLE001
+        print(f"  (no PostgreSQL at {PG_ADMIN_URL}: {type(exc).__name__}; skipped)")
+        yield None
+        return
+    name = "fhirgw_bench_" + uuid.uuid4().hex[:10]
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def machine() -> dict:
+    import fhir.resources
+
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "fhir.resources": fhir.resources.__version__,
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
