@@ -53,12 +53,11 @@ class RawDecimal(float):
         return obj
 
 
-# a number token (in value position: after ``:``, ``[`` or ``,``, before ``,``, ``]`` or ``}``)
-# whose text a float round trip would change: a fraction ending in 0, an exponent, or 16 or
-# more significant digits (a double keeps 15 for sure). Digits inside strings (uuids,
-# dates) do not match; a string that looks like ``:1.50,`` only costs the slower parse.
-_LOSSY_NUMBER = re.compile(
-    rb"(?<=[:\[,])\s*-?(?:\d+\.\d*0|\d+(?:\.\d+)?[eE][+-]?\d+|[\d.]{17,}|\d{16,})(?=\s*[,\]}])")
+# a number whose text a float round trip would change: a fraction ending in 0, an exponent,
+# or 16 or more digits (a double keeps 15 significant digits for sure). Each alternative ends
+# where a JSON number ends (before ``,``, ``]`` or ``}``), so digits inside strings (uuids,
+# dates, times) do not match; a string such as ``"v 1.50,"`` only costs the slower parse.
+_LOSSY_NUMBER = re.compile(rb"\.\d*0\s*[,\]}]|\d[eE][+-]?\d+\s*[,\]}]|\d(?:\.?\d){15}")
 
 
 def _default(obj: Any) -> Any:

@@ -204,15 +204,17 @@ class Indexer:
     def _composite(self, rows, res_type, sp, prog, resource):
         base_prog, comps = prog
         seen = set()
+        n = len(comps)
         for node, _t in base_prog(resource):
-            per_comp = []
-            for i, (ctype, cprog) in enumerate(comps):
-                vals = cprog(node, resource)
-                last = i == len(comps) - 1
-                forms = composite_forms(ctype, vals, last, self.base_urls)
+            # last component first: it is the one most often absent (an Observation has one
+            # value[x], so most of its code-value-* composites stop here, cheaply)
+            per_comp: list = [None] * n
+            for i in range(n - 1, -1, -1):
+                ctype, cprog = comps[i]
+                forms = composite_forms(ctype, cprog(node, resource), i == n - 1, self.base_urls)
                 if not forms:
                     break
-                per_comp.append(forms)
+                per_comp[i] = forms
             else:
                 for combo in itertools.islice(itertools.product(*per_comp), 256):
                     keyparts, low, high = [], None, None

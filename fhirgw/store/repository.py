@@ -59,10 +59,22 @@ class _Clock:
 clock = _Clock()
 
 
+_SECOND = [-1, ""]  # the last whole second formatted, shared (a cache, not state)
+
+
 def instant(us: int) -> str:
-    """FHIR instant for epoch microseconds: ``2026-11-28T10:40:02.123456+00:00``."""
-    dt = datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{us % 1_000_000:06d}+00:00"
+    """FHIR instant for epoch microseconds: ``2026-11-28T10:40:02.123456+00:00``.
+
+    >>> instant(1_700_000_000_123_456)
+    '2023-11-14T22:13:20.123456+00:00'
+    """
+    sec, frac = divmod(us, 1_000_000)
+    cached = _SECOND
+    if cached[0] != sec:  # datetime formatting costs ~10 µs; most calls share a second
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        cached[0] = sec
+        return f"{cached[1]}.{frac:06d}+00:00"
+    return f"{cached[1]}.{frac:06d}+00:00"
 
 
 def http_date(us: int) -> str:
