@@ -96,7 +96,8 @@ class SqlCompiler:
     def conditions(self, query: SearchQuery, r: RCols, types: tuple[str, ...]) -> list[ColumnElement]:
         conds: list[ColumnElement] = [r.deleted == false()]
         driver = pick_driver(query.criteria)
-        if driver is None:
+        if driver is None or not set(driver.res_types) <= set(types):
+            # the driver's own rows are limited to its types; a narrower _type needs this too
             conds.insert(0, _type_cond(r.res_type, types))
         for crit in query.criteria:
             if driver is not None and crit is not driver and crit.kind == "param":
