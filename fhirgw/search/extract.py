@@ -74,13 +74,14 @@ class Indexer:
     def rows(self, res_type: str, resource: dict) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {k: [] for k in KINDS}
         present = resource.keys()
+        memo: dict = {}
         for sp, prog in self._plan(res_type):
             kind = sp.type
             needs = (prog[0] if kind == "composite" else prog).root_keys
             if needs is not None and present.isdisjoint(needs):
                 continue  # the resource has none of the elements this parameter reads
             if kind == "composite":
-                self._composite(out["composite"], res_type, sp, prog, resource)
+                self._composite(out["composite"], res_type, sp, prog, resource, memo)
                 continue
             values = prog(resource)
             if not values:
@@ -201,7 +202,9 @@ class Indexer:
 
     # composite ---------------------------------------------------------
 
-    def _composite(self, rows, res_type, sp, prog, resource):
+    def _composite(self, rows, res_type, sp, prog, resource, memo):
+        """``memo`` lives for one resource: the composites of a type share components
+        (every Observation code-value-* reads ``code``), computed once."""
         base_prog, comps = prog
         seen = set()
         n = len(comps)
@@ -211,7 +214,11 @@ class Indexer:
             per_comp: list = [None] * n
             for i in range(n - 1, -1, -1):
                 ctype, cprog = comps[i]
-                forms = composite_forms(ctype, cprog(node, resource), i == n - 1, self.base_urls)
+                key = (id(node), id(cprog), ctype, i == n - 1)
+                forms = memo.get(key)
+                if forms is None:
+                    forms = memo[key] = composite_forms(ctype, cprog(node, resource), i == n - 1,
+                                                        self.base_urls)
                 if not forms:
                     break
                 per_comp[i] = forms

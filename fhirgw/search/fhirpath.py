@@ -73,6 +73,7 @@ def ancestors(type_name: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def is_subtype(type_name: str | None, wanted: str) -> bool:
     if type_name is None:
         return False
