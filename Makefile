@@ -35,7 +35,8 @@ definitions: install
 
 bench: install test-data
 	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/read.py
+	$(BIN)/python benchmarks/read.py --client raw
+	$(BIN)/python benchmarks/validate.py
 
 clean:
 	rm -rf $(VENV) fhirgw.db* .cache
