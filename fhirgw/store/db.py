@@ -37,6 +37,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             if ":memory:" not in url and url != "sqlite://":
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
