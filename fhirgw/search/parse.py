@@ -360,6 +360,14 @@ class QueryParser:
         return self._leaf(res_types, code, modifier, name, value, base_url)
 
     def _leaf(self, res_types, code, modifier, name, value, base_url) -> Criterion | None:
+        if code == "_list":
+            # _list=[id]: the resources a List names in List.entry.item (comma = any of them)
+            if modifier:
+                raise BadRequest(f"_list takes no modifier ({name})", expression=name)
+            ids = [v.strip().split("/")[-1] for v in split_escaped(value, ",") if v.strip()]
+            if not ids:
+                raise BadRequest("_list needs a List id", expression=name)
+            return Criterion("list", name, res_types, values=ids)
         if code in ("_id", "_lastUpdated"):
             kind = "id" if code == "_id" else "lastUpdated"
             sp, _ = self._params(res_types, code)

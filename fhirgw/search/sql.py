@@ -121,6 +121,17 @@ class SqlCompiler:
             ids = [v.code for v in crit.values if v.code]
             cond = r.res_id.in_(ids)
             return not_(cond) if crit.modifier == "not" else cond
+        if kind == "list":
+            # resources named by the List(s)' entry.item references (the official List-item
+            # parameter's index rows), of the searched row's own type
+            lst = resource.alias("lst")
+            ref = sp_reference.alias("lref")
+            named = (select(ref.c.target_id)
+                     .join(lst, lst.c.rid == ref.c.rid)
+                     .where(lst.c.res_type == "List", lst.c.res_id.in_(crit.values),
+                            lst.c.deleted == false(), ref.c.res_type == "List",
+                            ref.c.param == "item", ref.c.target_type == r.res_type))
+            return r.res_id.in_(named)
         if kind == "lastUpdated":
             return or_(*[range_cond(v.prefix, r.last_updated, r.last_updated, _int_range(v))
                          for v in crit.values])

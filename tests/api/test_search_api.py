@@ -56,3 +56,16 @@ def test_include_and_summary_count(client):
     assert ids(b, "include") == [pats[1]["id"]]
     c = client.get("/fhir/Patient?_tag=urn:t|a&_summary=count").json()
     assert c["total"] == 3 and "entry" not in c
+
+
+def test_list_parameter(client):
+    pats = seed(client)
+    lst = client.post("/fhir/List", json={"resourceType": "List", "status": "current", "mode": "working",
+                                          "title": "Tuesday group roster",
+                                          "entry": [{"item": {"reference": f"Patient/{p['id']}"}} for p in pats[:2]]},
+                      headers=FJ).json()
+    b = client.get(f"/fhir/Patient?_list={lst['id']}").json()
+    assert sorted(ids(b)) == sorted(p["id"] for p in pats[:2])
+    b = client.get(f"/fhir/Patient?_list={lst['id']}&family=Lee1").json()
+    assert ids(b) == [pats[1]["id"]]
+    assert ids(client.get("/fhir/Patient?_list=nope").json()) == []
