@@ -18,6 +18,7 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
 from fhir.resources.R4B.task import Task
 
+from ..model.referral import REASON_REQUIRED, TASK_TRANSITIONS
 from ._core import Call, operation, operation_parameters, reference_to, resource_id, to_json, type_name
 from ._exceptions import DecodeError, InvalidTransition
 from ._transaction import Entry, _Builder
@@ -27,21 +28,6 @@ __all__ = ["Referral", "TASK_TRANSITIONS", "REASON_REQUIRED", "check_transition"
 
 TASK_CODE = {"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill",
              "display": "Fulfill the focal request"}
-
-#: allowed Task status changes of a referral (any status may also go to entered-in-error)
-TASK_TRANSITIONS: dict[str, frozenset[str]] = {
-    "draft": frozenset({"requested", "cancelled"}),
-    "requested": frozenset({"accepted", "rejected", "cancelled"}),
-    "received": frozenset({"accepted", "rejected", "cancelled"}),
-    "accepted": frozenset({"in-progress", "on-hold", "cancelled", "completed", "failed"}),
-    "ready": frozenset({"in-progress", "on-hold", "cancelled", "completed", "failed"}),
-    "in-progress": frozenset({"on-hold", "cancelled", "completed", "failed"}),
-    "on-hold": frozenset({"in-progress", "cancelled", "completed", "failed"}),
-    "rejected": frozenset(), "cancelled": frozenset(), "completed": frozenset(),
-    "failed": frozenset(), "entered-in-error": frozenset(),
-}
-#: statuses that need ``statusReason.text``
-REASON_REQUIRED = frozenset({"rejected", "cancelled", "on-hold", "failed"})
 
 Cadence = Literal["weekly", "biweekly", "monthly"]
 

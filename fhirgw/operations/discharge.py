@@ -37,6 +37,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 from ..config import Settings
+from ..model.datatypes import cc_text
 from ..model.errors import BadRequest, Gone, NotFound, Unprocessable
 from ..store.repository import Tx
 from .document import (CONFIDENTIALITY_SYSTEM, XHTML_NS, assemble, confidentiality_label,
@@ -177,20 +178,6 @@ def _ref_key(ref: str | None) -> str | None:
     if len(parts) >= 2 and parts[-2][:1].isupper():
         return f"{parts[-2]}/{parts[-1]}"
     return None
-
-
-def cc_text(cc: dict | None) -> str:
-    if not cc:
-        return ""
-    if cc.get("text"):
-        return cc["text"]
-    for c in cc.get("coding") or ():
-        if c.get("display"):
-            return c["display"]
-    for c in cc.get("coding") or ():
-        if c.get("code"):
-            return c["code"]
-    return ""
 
 
 def has_coding(cc: dict | None, system: str, code: str) -> bool:

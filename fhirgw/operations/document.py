@@ -29,6 +29,7 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from datetime import datetime, timezone
 
+from ..model.datatypes import cc_text
 from ..model.errors import Gone, NotFound, Unprocessable
 from ..store.repository import Tx
 
@@ -276,20 +277,6 @@ def safe_narrative(div: str | None) -> str:
     return _safe_children(root)
 
 
-def _cc_text(cc: dict | None) -> str:
-    if not cc:
-        return ""
-    if cc.get("text"):
-        return cc["text"]
-    for c in cc.get("coding") or ():
-        if c.get("display"):
-            return c["display"]
-    for c in cc.get("coding") or ():
-        if c.get("code"):
-            return c["code"]
-    return ""
-
-
 def _name(body: dict | None) -> str:
     if not body:
         return ""
@@ -361,7 +348,7 @@ def render_html(document: dict) -> str:
         for d in ev.get("detail") or ():
             target = resolve(d) or {}
             if target.get("resourceType") == "EpisodeOfCare":
-                program = ", ".join(_cc_text(t) for t in target.get("type") or () if _cc_text(t))
+                program = ", ".join(cc_text(t) for t in target.get("type") or () if cc_text(t))
                 if program:
                     rows.append(("Program", program))
         if period.get("start"):
@@ -381,7 +368,7 @@ def render_html(document: dict) -> str:
     part2 = any(s.get("code") in ("42CFRPart2", "ETH", "SUD") for s in labels)
     level = confidentiality_of([comp] + [x.get("resource") or {} for x in entries])
 
-    title = comp.get("title") or _cc_text(comp.get("type")) or "Clinical document"
+    title = comp.get("title") or cc_text(comp.get("type")) or "Clinical document"
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{e(title)} - {e(client)}</title>", f"<style>{_CSS}</style></head><body>",
            '<main class="doc">', f"<header><h1>{e(title)}</h1>"]
@@ -413,13 +400,13 @@ def render_html(document: dict) -> str:
 def _render_section(section: dict, level: int) -> str:
     e = html.escape
     h = min(level, 6)
-    title = section.get("title") or _cc_text(section.get("code")) or "Section"
+    title = section.get("title") or cc_text(section.get("code")) or "Section"
     parts = [f'<section><h{h}>{e(title)}</h{h}>']
     text = (section.get("text") or {}).get("div")
     if text:
         parts.append(f'<div class="narrative">{safe_narrative(text)}</div>')
     elif section.get("emptyReason"):
-        parts.append(f'<p class="empty">{e(_cc_text(section["emptyReason"]) or "None")}</p>')
+        parts.append(f'<p class="empty">{e(cc_text(section["emptyReason"]) or "None")}</p>')
     for sub in section.get("section") or ():
         parts.append(_render_section(sub, level + 1))
     parts.append("</section>")

@@ -17,28 +17,20 @@ from datetime import datetime, timezone
 
 from ..model.errors import Unprocessable
 from ..model.references import local_id
+from ..model.referral import (ALWAYS_ALLOWED, REASON_REQUIRED, TASK_CODE_SYSTEM,
+                              TASK_TRANSITIONS)
 from ..store.repository import WriteRule
 from .states import StatusMachine
 
-TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
+TASK = StatusMachine("Task", {k: v for k, v in TASK_TRANSITIONS.items() if v},
+                     always=ALWAYS_ALLOWED)
 
-TASK = StatusMachine("Task", {
-    "draft": frozenset({"requested", "cancelled"}),
-    "requested": frozenset({"accepted", "rejected", "cancelled"}),
-    "received": frozenset({"accepted", "rejected", "cancelled"}),
-    "accepted": frozenset({"in-progress", "on-hold", "cancelled", "completed", "failed"}),
-    "ready": frozenset({"in-progress", "on-hold", "cancelled", "completed", "failed"}),
-    "in-progress": frozenset({"on-hold", "cancelled", "completed", "failed"}),
-    "on-hold": frozenset({"in-progress", "cancelled", "completed", "failed"}),
-}, always=frozenset({"entered-in-error"}))
-
-REASON_REQUIRED = frozenset({"rejected", "cancelled", "on-hold", "failed"})
 #: Task status -> the status its ServiceRequest takes
 SERVICE_REQUEST_FOLLOWS = {"completed": "completed", "cancelled": "revoked", "rejected": "revoked"}
 
 
 def is_fulfilment(task: dict) -> bool:
-    return any(c.get("system") == TASK_CODE and c.get("code") == "fulfill"
+    return any(c.get("system") == TASK_CODE_SYSTEM and c.get("code") == "fulfill"
                for c in ((task.get("code") or {}).get("coding") or []))
 
 
@@ -93,7 +85,7 @@ class ReferralRules(WriteRule):
                 continue
             task = {
                 "resourceType": "Task", "status": "requested", "intent": "order",
-                "code": {"coding": [{"system": TASK_CODE, "code": "fulfill"}]},
+                "code": {"coding": [{"system": TASK_CODE_SYSTEM, "code": "fulfill"}]},
                 "focus": {"reference": f"ServiceRequest/{stored.res_id}"},
                 "authoredOn": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
                 "owner": {"reference": owner["reference"]},
