@@ -30,12 +30,16 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
                                        help="sqlite:///path (default ./fhirgw.db) or "
                                             "postgresql+psycopg://user@host/db"),
           workers: int = typer.Option(1, help="worker processes (share one database)"),
+          config: str = typer.Option(None, "--config", envvar="FHIRGW_SYNC_CONFIG",
+                                     help="sync config file (partners, TOML or YAML)"),
           log_level: str = typer.Option("info", help="log level")) -> None:
     """Run the gateway (FHIR base URL http://HOST:PORT/fhir)."""
     import uvicorn
 
     if database:
         os.environ["FHIRGW_DATABASE_URL"] = database
+    if config:
+        os.environ["FHIRGW_SYNC_CONFIG"] = config
     # the public base: used in links and to recognise absolute references to this server
     os.environ.setdefault("FHIRGW_BASE_URL", f"http://{host}:{port}/fhir")
     logging.basicConfig(level=log_level.upper(), format="%(message)s", stream=sys.stdout)
@@ -111,7 +115,47 @@ def validate(path: str = typer.Argument(..., help="a JSON file (resource or Bund
     raise typer.Exit(1 if errors else 0)
 
 
+@app.command()
+def render(source: str = typer.Argument(..., help="a document Bundle JSON file, or a "
+                                                   "Composition id on --url"),
+           out: str = typer.Option("-", "--out", "-o", help="HTML file to write (- = stdout)"),
+           url: str = typer.Option(None, "--url", envvar="FHIRGW_URL",
+                                   help="gateway FHIR base, when SOURCE is a Composition id")) -> None:
+    """Render a discharge summary (a FHIR document) as a printable HTML page."""
+    from pathlib import Path
+
+    import httpx
+
+    from .model.errors import FhirError
+    from .model.resources import loads
+    from .operations.document import render_html
+
+    try:
+        if Path(source).is_file():
+            page = render_html(loads(Path(source).read_bytes()))
+        elif url:
+            r = httpx.get(f"{url.rstrip('/')}/Composition/{source}/$document",
+                          params={"_format": "html"}, timeout=30)
+            if r.status_code != 200:
+                raise typer.BadParameter(f"the gateway answered {r.status_code}: {r.text[:300]}")
+            page = r.text
+        else:
+            raise typer.BadParameter(f"{source} is not a file; give --url to fetch a Composition")
+    except FhirError as exc:
+        typer.echo(f"error: {exc.issues[0].diagnostics}", err=True)
+        raise typer.Exit(1)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1)
+    if out == "-":
+        typer.echo(page)
+    else:
+        Path(out).write_text(page, encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 
 from .cli_data import register; register(app)  # noqa: E402,E702
+from .sync.cli import register as _sync; _sync(app)  # noqa: E402,E702
