@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from ..model import resources as res
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
+from .fastread import FastReader
 from .tables import INDEX_TABLES, resource, resource_history
 
 T = TypeVar("T")
@@ -123,6 +124,23 @@ class HistoryPage:
     total: int | None = None
 
 
+@dataclass(slots=True)
+class _Pending:
+    """One version on its way into the tables (see ``Tx._write_many``)."""
+
+    res_type: str
+    res_id: str
+    body: dict | None
+    method: str
+    current: Any
+    now: int
+    version: int
+    data: bytes | None
+    rules: list
+    previous: dict | None
+    rid: int
+
+
 # statements built once: executemany with cached compilation
 _INSERT_RESOURCE = insert(resource).returning(resource.c.rid, sort_by_parameter_order=True)
 _UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
@@ -193,7 +211,6 @@ class Repository:
         self.is_pg = engine.dialect.name == "postgresql"
         self.max_retries = max_retries
         #: prepared read by id on raw connections (None: not available, e.g. in-memory DB)
-        from .fastread import FastReader
         fast = FastReader(engine)
         self.fast: FastReader | None = fast if fast.usable else None
         #: workflow rules, called inside the unit of work (see ``WriteRule``)
@@ -376,7 +393,7 @@ class Tx:
         insert (or update) of resource rows, one of history rows, one delete and one
         insert per index table. ``items`` are (type, id, body or None, method, current row
         or None). No checks here; rules run per item."""
-        prepared = []
+        pending: list[_Pending] = []
         for position, (res_type, res_id, body, method, current) in enumerate(items):
             rules = [r for r in self.repo.rules if res_type in r.types]
             previous = None
@@ -396,48 +413,47 @@ class Tx:
             if body is not None:
                 body = _with_meta(body, res_id, version, now)
                 data = res.dumps(body)
-            prepared.append([res_type, res_id, body, method, current, now, version, data,
-                             rules, previous])
-        new = [p for p in prepared if p[4] is None]
-        old = [p for p in prepared if p[4] is not None]
+            pending.append(_Pending(res_type, res_id, body, method, current, now, version,
+                                    data, rules, previous,
+                                    current.rid if current is not None else 0))
+        new = [p for p in pending if p.current is None]
+        old = [p for p in pending if p.current is not None]
         if new:
-            rids = self.conn.execute(
-                _INSERT_RESOURCE,
-                [{"res_type": p[0], "res_id": p[1], "version": p[6], "last_updated": p[5],
-                  "deleted": p[2] is None, "body": p[7]} for p in new]).scalars().all()
+            rids = self.conn.execute(_INSERT_RESOURCE, [
+                {"res_type": p.res_type, "res_id": p.res_id, "version": p.version,
+                 "last_updated": p.now, "deleted": p.body is None, "body": p.data}
+                for p in new]).scalars().all()
             for p, rid in zip(new, rids):
-                p.append(rid)
+                p.rid = rid
         if old:
             self.conn.execute(_UPDATE_RESOURCE, [
-                {"b_rid": p[4].rid, "b_version": p[6], "b_last_updated": p[5],
-                 "b_deleted": p[2] is None, "b_body": p[7]} for p in old])
-            for p in old:
-                p.append(p[4].rid)
-            rids_old = [p[10] for p in old]
+                {"b_rid": p.rid, "b_version": p.version, "b_last_updated": p.now,
+                 "b_deleted": p.body is None, "b_body": p.data} for p in old])
             for table in INDEX_TABLES.values():
-                self.conn.execute(delete(table).where(table.c.rid.in_(rids_old)))
+                self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
         self.conn.execute(_INSERT_HISTORY, [
-            {"rid": p[10], "res_type": p[0], "res_id": p[1], "version": p[6],
-             "last_updated": p[5], "method": p[3], "deleted": p[2] is None, "body": p[7]}
-            for p in prepared])
+            {"rid": p.rid, "res_type": p.res_type, "res_id": p.res_id, "version": p.version,
+             "last_updated": p.now, "method": p.method, "deleted": p.body is None,
+             "body": p.data} for p in pending])
         index: dict[str, list[dict]] = {}
         extract = self.repo.search_engine.index_rows
-        for p in prepared:
-            if p[2] is None:
+        for p in pending:
+            if p.body is None:
                 continue
-            for kind, rows in extract(p[0], p[2]).items():
+            for kind, rows in extract(p.res_type, p.body).items():
                 if rows:
                     for r in rows:
-                        r["rid"] = p[10]
+                        r["rid"] = p.rid
                     index.setdefault(kind, []).extend(rows)
         for kind, rows in index.items():
             self.conn.execute(_INSERT_INDEX[kind], rows)
         out = []
-        for p in prepared:
-            stored = Stored(p[0], p[1], p[6], p[5], p[2] is None, p[7], p[3])
+        for p in pending:
+            stored = Stored(p.res_type, p.res_id, p.version, p.now, p.body is None, p.data,
+                            p.method)
             self.written.append(stored)
-            for rule in p[8]:
-                rule.after_write(self, stored, p[9])
+            for rule in p.rules:
+                rule.after_write(self, stored, p.previous)
             out.append(stored)
         return out
 
