@@ -16,7 +16,8 @@ import orjson
 
 from ..config import Settings
 from ..model import resources as res
-from ..model.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
+from ..model.errors import (BadRequest, MethodNotAllowed, NotFound,
+                            UnsupportedMediaType)
 from ..store.repository import Repository, Stored, Tx, WriteResult, parse_etag
 from . import render
 
@@ -127,7 +128,8 @@ class Router:
         from .capability import capability_statement
         self.bundles = BundleProcessor(self)
         self._capability = capability_statement
-        self._capability_cache: bytes | None = None
+        #: (search registry version, CapabilityStatement bytes): rebuilt when parameters change
+        self._capability_cache: tuple[int, bytes] | None = None
 
     # ------------------------------------------------------------ dispatch
 
@@ -249,7 +251,6 @@ class Router:
     def patch(self, req, tx, type, id):
         ctype = (req.header("content-type") or "").split(";")[0].strip()
         if ctype and ctype not in ("application/json-patch+json", "application/json"):
-            from ..model.errors import UnsupportedMediaType
             raise UnsupportedMediaType(
                 f"PATCH takes a JSON Patch (application/json-patch+json), not {ctype}")
         ops = req.json()
@@ -319,7 +320,6 @@ class Router:
     def search_post(self, req, tx, type):
         ctype = (req.header("content-type") or "").split(";")[0].strip()
         if ctype != "application/x-www-form-urlencoded":
-            from ..model.errors import UnsupportedMediaType
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded")
         form = parse_qsl((req.body or b"").decode(), keep_blank_values=True)
         items = [(k, v) for k, v in req.query + form if k not in _CONTROL]
@@ -334,9 +334,10 @@ class Router:
 
     @route("GET", "metadata")
     def metadata(self, req, tx):
-        if self._capability_cache is None:
-            self._capability_cache = orjson.dumps(self._capability(self))
-        return RestResponse(200, self._capability_cache, {})
+        version = self.search.registry.version
+        if self._capability_cache is None or self._capability_cache[0] != version:
+            self._capability_cache = (version, orjson.dumps(self._capability(self)))
+        return RestResponse(200, self._capability_cache[1], {})
 
     @route("POST", "")
     def bundle(self, req, tx):

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import jsonpatch
 from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 
 from ..model import resources as res
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,

@@ -3,7 +3,6 @@ import copy
 import json
 import pathlib
 
-import pytest
 from fastapi.testclient import TestClient
 
 from fhirgw.app import create_app

@@ -2,7 +2,6 @@
 from its ``self`` and ``next`` links, so page 2 onwards returned every type."""
 from __future__ import annotations
 
-import pytest
 from fhir.resources.R4B.meta import Meta
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient

@@ -139,7 +139,7 @@ def test_iop_journey(client):
     comp = doc["entry"][0]["resource"]
     assert comp["type"]["coding"][0]["code"] == "18842-5"
     in_doc = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in doc["entry"]}
-    assert pref in in_doc and f"MedicationRequest" in {x.split("/")[0] for x in in_doc}
+    assert pref in in_doc and "MedicationRequest" in {x.split("/")[0] for x in in_doc}
     assert f"Patient/{others[0]['id']}" not in in_doc                 # nobody else's records
     ep = client.get(f"/fhir/EpisodeOfCare/{eid}").json()
     assert ep["status"] == "finished" and ep["period"]["end"].startswith("2026-04-10")
