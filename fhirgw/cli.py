@@ -43,6 +43,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
     # the public base: used in links and to recognise absolute references to this server
     os.environ.setdefault("FHIRGW_BASE_URL", f"http://{host}:{port}/fhir")
     logging.basicConfig(level=log_level.upper(), format="%(message)s", stream=sys.stdout)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # no migration chatter per start
     # migrate once here, so N workers do not race to create the schema
     from .config import Settings
     from .store.db import make_engine, migrate
