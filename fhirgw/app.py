@@ -63,4 +63,8 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     install(app, router)
     openapi.install(app, search.registry)
     app.add_middleware(AccessLog)
+    # ---- sync (fhirgw/sync): outbox routing rule, delivery/poll worker, /admin API
+    from .sync import install as install_sync
+    install_sync(app, repo, settings)
+    # ---- end sync
     return app

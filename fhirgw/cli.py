@@ -159,3 +159,4 @@ def main() -> None:  # pragma: no cover
     app()
 
 from .cli_data import register; register(app)  # noqa: E402,E702
+from .sync.cli import register as _sync; _sync(app)  # noqa: E402,E702

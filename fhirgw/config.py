@@ -39,3 +39,12 @@ class Settings:
         "FHIRGW_IDENTIFIER_SYSTEM", "http://fhirgw.dev/fhir/sid/business-id"))
     #: apply migrations on start
     migrate: bool = True
+    # ---- sync (fhirgw/sync): partner config file, default poll interval, in-process worker
+    #: TOML/YAML file of partner settings keyed by Endpoint identifier (empty: defaults only)
+    sync_config: str = field(default_factory=lambda: os.environ.get("FHIRGW_SYNC_CONFIG", ""))
+    #: seconds between inbound polls of a partner, unless its config says otherwise (>= 1)
+    poll_interval: float = field(default_factory=lambda: max(1.0, float(
+        os.environ.get("FHIRGW_POLL_INTERVAL") or 60)))
+    #: run the delivery/poll worker inside ``fhirgw serve``
+    worker: bool = field(default_factory=lambda: os.environ.get(
+        "FHIRGW_WORKER", "1").strip().lower() not in ("0", "false", "no", "off"))

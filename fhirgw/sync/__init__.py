@@ -1,1 +1,53 @@
-"""sync"""
+"""Sync with partners: the transactional outbox, the delivery worker, connectors, the
+inbound poller and the mapping engine (see README, "Sync with partners").
+
+``install(app, repo, settings)`` adds the outbox routing rule to the repository, the admin
+API under ``/admin``, and (unless ``settings.worker`` is off) starts the worker with the
+app's lifespan and wakes it on every commit.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from .config import SyncConfig, load
+from .routing import OutboxRule
+
+
+def setup(repo, settings, config: SyncConfig | None = None):
+    """The routing rule on ``repo`` (last, so it sees what other rules wrote) and a Worker."""
+    from .worker import Worker
+
+    config = config or load(settings.sync_config or None,
+                            default_poll_interval=settings.poll_interval)
+    rule = OutboxRule(config, settings)
+    repo.rules.append(rule)
+    worker = Worker(repo, config, settings)
+    return rule, worker
+
+
+def install(app, repo, settings, config: SyncConfig | None = None):
+    from ..api.admin import router as admin_router
+
+    rule, worker = setup(repo, settings, config)
+    app.state.sync_worker = worker
+    app.state.sync_config = worker.config
+    app.include_router(admin_router(repo, worker))
+    if settings.worker:
+        repo.after_commit.append(worker.wake)
+        previous = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(a):
+            worker.start()
+            try:
+                async with previous(a) as state:
+                    yield state
+            finally:
+                import anyio
+                await anyio.to_thread.run_sync(worker.stop)
+
+        app.router.lifespan_context = lifespan
+    return worker
+
+
+__all__ = ["SyncConfig", "install", "load", "setup"]

@@ -1,0 +1,76 @@
+"""The admin API (``/admin``): the outbox and partners for operators, as plain JSON.
+
+* ``GET /admin/outbox?status=&partner=&limit=&offset=``: rows, newest first
+* ``GET /admin/outbox/{id}``: one row, with the partner's OperationOutcome if it failed
+* ``POST /admin/outbox/{id}/retry``, ``POST /admin/outbox/{id}/discard``
+* ``POST /admin/outbox/retry?status=dead&partner=``: every dead row (of a partner) again
+* ``GET /admin/metrics``: per partner queued, sent, failed, discarded, oldest age (s)
+* ``GET /admin/partners``: Organizations with FHIR Endpoints, and their settings' source
+
+When the sync config sets ``[admin] token``, requests need ``Authorization: Bearer <token>``.
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+
+
+def router(repo, worker) -> APIRouter:
+    from ..sync import outbox as ob
+    from ..sync.partners import list_partners
+
+    engine = repo.engine
+    token = worker.config.admin_token
+
+    def check(request: Request) -> None:
+        if token and request.headers.get("authorization") != f"Bearer {token}":
+            raise HTTPException(401, "admin token required")
+
+    r = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(check)])
+
+    @r.get("/outbox")
+    async def outbox_list(status: str | None = None, partner: str | None = None,
+                          limit: int = 100, offset: int = 0):
+        return await run_in_threadpool(ob.list_rows, engine, status=status, partner=partner,
+                                       limit=min(limit, 1000), offset=offset)
+
+    @r.post("/outbox/retry")
+    async def outbox_retry_all(status: str = "dead", partner: str | None = None):
+        n = await run_in_threadpool(ob.retry, engine, None, status=status, partner=partner)
+        worker.wake()
+        return {"retried": n}
+
+    @r.get("/outbox/{row_id}")
+    async def outbox_show(row_id: int):
+        row = await run_in_threadpool(ob.show, engine, row_id)
+        if row is None:
+            raise HTTPException(404, f"no outbox row {row_id}")
+        return row
+
+    @r.post("/outbox/{row_id}/retry")
+    async def outbox_retry(row_id: int):
+        if not await run_in_threadpool(ob.retry, engine, row_id):
+            raise HTTPException(409, f"outbox row {row_id} is not dead, discarded or pending")
+        worker.wake()
+        return await run_in_threadpool(ob.show, engine, row_id)
+
+    @r.post("/outbox/{row_id}/discard")
+    async def outbox_discard(row_id: int):
+        if not await run_in_threadpool(ob.discard, engine, row_id):
+            raise HTTPException(409, f"outbox row {row_id} is not pending or dead")
+        return await run_in_threadpool(ob.show, engine, row_id)
+
+    @r.get("/metrics")
+    async def metrics():
+        return {"partners": await run_in_threadpool(ob.metrics, engine),
+                "worker": dict(worker.stats), "poller": dict(worker.poller.stats)}
+
+    @r.get("/partners")
+    async def partners():
+        found = await run_in_threadpool(repo.run, list_partners, False)
+        return [{"key": p.key, "organization": p.organization, "name": p.name,
+                 "endpoint": f"Endpoint/{p.endpoint_id}", "protocol": p.protocol,
+                 "address": p.address,
+                 "configured": p.key in worker.config.partners} for p in found]
+
+    return r
