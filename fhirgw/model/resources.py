@@ -131,6 +131,10 @@ def validate(resource: Any, expected_type: str | None = None) -> dict:
         raise InvalidResource(issues=issues) from None
     except (ValueError, TypeError) as exc:  # fhir.resources raises these for some checks
         raise InvalidResource(f"{rtype}: {exc}", expression=rtype) from None
+    except KeyError as exc:  # fhir_core: a nested resource of a type it does not know
+        name = str(exc.args[0] if exc.args else exc).removeprefix("R4.").removesuffix("Type")
+        raise InvalidResource(f"{rtype}: a contained or nested resource has the unknown type "
+                              f"{name!r}", expression=f"{rtype}.contained") from None
     return resource
 
 

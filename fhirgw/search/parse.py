@@ -323,7 +323,7 @@ class QueryParser:
         segments = name.split(".")
         return self._chain(res_types, segments, name, value, base_url)
 
-    def _has(self, res_types, name, value, base_url) -> Criterion:
+    def _has(self, res_types, name, value, base_url) -> Criterion | None:
         parts = name.split(":", 3)
         if len(parts) < 4:
             raise BadRequest(f"_has needs _has:Type:reference:parameter (got {name!r})", expression=name)
@@ -334,6 +334,8 @@ class QueryParser:
         if sp is None or sp.type != "reference":
             raise _Unknown(name)
         inner = self._criterion((htype,), rest, value, base_url)
+        if inner is None:  # an empty value: the spec ignores the parameter
+            return None
         return Criterion("has", name, res_types, param=sp, inner=inner, has_type=htype,
                          has_param=hparam)
 
@@ -355,6 +357,8 @@ class QueryParser:
             if not targets:
                 raise _Unknown(name)
             inner = self._chain(targets, segments[1:], name, value, base_url)
+            if inner is None:  # an empty value: the spec ignores the parameter
+                return None
             return Criterion("chain", name, have, param=sp, modifier=modifier,
                              target_types=targets, inner=inner)
         return self._leaf(res_types, code, modifier, name, value, base_url)
