@@ -60,9 +60,10 @@ def _ctext(length: int | None = None):
 
 
 def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
+    # no surrogate key: nothing addresses one index row, and on PostgreSQL a serial primary
+    # key would cost a sequence call and a third btree insert per row (SQLite keeps its rowid)
     return Table(
         name, metadata,
-        Column("id", PK, primary_key=True, autoincrement=True),
         Column("rid", BigInteger, nullable=False),
         Column("res_type", String(64), nullable=False),
         Column("param", String(100), nullable=False),
