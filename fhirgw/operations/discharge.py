@@ -37,7 +37,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 from ..config import Settings
-from ..model.datatypes import cc_text
+from ..model.datatypes import cc_text, person_name
 from ..model.errors import BadRequest, Gone, NotFound, Unprocessable
 from ..store.repository import Tx
 from .document import (CONFIDENTIALITY_SYSTEM, XHTML_NS, assemble, confidentiality_label,
@@ -183,21 +183,6 @@ def _ref_key(ref: str | None) -> str | None:
 def has_coding(cc: dict | None, system: str, code: str) -> bool:
     return any(c.get("system") == system and c.get("code") == code
                for c in (cc or {}).get("coding") or ())
-
-
-def person_name(body: dict | None) -> str:
-    if not body:
-        return ""
-    names = body.get("name")
-    if isinstance(names, str):
-        return names
-    for n in names or ():
-        if n.get("text"):
-            return n["text"]
-        text = " ".join(p for p in (" ".join(n.get("given") or ()), n.get("family") or "") if p)
-        if text:
-            return text
-    return ""
 
 
 def _quantity(q: dict | None) -> str:

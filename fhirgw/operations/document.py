@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from datetime import datetime, timezone
 
-from ..model.datatypes import cc_text
+from ..model.datatypes import cc_text, person_name
 from ..model.errors import Gone, NotFound, Unprocessable
 from ..store.repository import Tx
 
@@ -277,23 +277,6 @@ def safe_narrative(div: str | None) -> str:
     return _safe_children(root)
 
 
-def _name(body: dict | None) -> str:
-    if not body:
-        return ""
-    names = body.get("name")
-    if isinstance(names, str):
-        return names
-    for n in names or ():
-        if n.get("text"):
-            return n["text"]
-        given = " ".join(n.get("given") or ())
-        text = " ".join(p for p in (" ".join(n.get("prefix") or ()), given, n.get("family") or "")
-                        if p)
-        if text:
-            return text
-    return ""
-
-
 def _date(value: str | None) -> str:
     return (value or "")[:10]
 
@@ -329,12 +312,12 @@ def render_html(document: dict) -> str:
         if not ref:
             return ""
         target = resolve(ref)
-        return (ref.get("display") or _name(target) or (target or {}).get("title")
+        return (ref.get("display") or person_name(target, prefix=True) or (target or {}).get("title")
                 or ref.get("reference") or "")
 
     e = html.escape
     patient = resolve(comp.get("subject")) or {}
-    client = _name(patient) or ref_text(comp.get("subject")) or "Unknown client"
+    client = person_name(patient, prefix=True) or ref_text(comp.get("subject")) or "Unknown client"
     rows = [("Client", client)]
     if patient.get("birthDate"):
         rows.append(("Date of birth", patient["birthDate"]))
