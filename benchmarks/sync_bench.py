@@ -8,6 +8,8 @@ off). Ours runs in this process: the repository with the sync rule and the worke
   ServiceRequest, Task) on the partner. Reported as resources/s and referrals/s.
 * latency: referrals committed one at a time (worker running, woken by the commit); from
   the commit returning to the partner's answer being recorded (``sent_at``), p50 / p95.
+* CPU during the throughput run, ours and the partner's, per referral: unlike the rate, it
+  hardly moves when other work shares the machine, so it shows where the time goes.
 
     python benchmarks/sync_bench.py [--referrals 600] [--latency 100] [--database URL]
 
@@ -44,6 +46,15 @@ def start_partner(tmp: str):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"{base}/metadata", proc)
     return proc, base
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def main() -> None:
@@ -105,6 +116,7 @@ def main() -> None:
         n = args.referrals
         for i in range(n):
             repo.run(lambda tx, i=i: referral(tx, i))
+        cpu0, pcpu0 = time.process_time(), _cpu(proc.pid)
         t0 = time.perf_counter()
         worker.start()
         while counts().get("sent", 0) < n:
@@ -112,11 +124,16 @@ def main() -> None:
                 raise SystemExit(f"timed out: {counts()}")
             time.sleep(0.01)
         dt = time.perf_counter() - t0
+        cpu, pcpu = time.process_time() - cpu0, _cpu(proc.pid) - pcpu0
         print(f"throughput: {n} referrals ({3 * n} resources) in {dt:.2f}s = "
               f"{3 * n / dt:.0f} resources/s ({n / dt:.0f} referrals/s), "
               f"concurrency {args.concurrency}; outbox {counts()}")
         print("  worker time: " + ", ".join(f"{k} {v:.2f}" for k, v in worker.stats.items()
                                            if isinstance(v, float)))
+        print(f"  CPU: ours {cpu:.2f}s ({1000 * cpu / n:.2f} ms/referral, this process: "
+              f"worker + polling the outbox), partner {pcpu:.2f}s "
+              f"({1000 * pcpu / n:.2f} ms/referral); {os.cpu_count()} cores, load "
+              f"{os.getloadavg()[0]:.1f}")
 
         # latency
         lat = []

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.engine import Engine
 
 from ..store.repository import clock
@@ -66,22 +66,38 @@ def claim(engine: Engine, *, limit: int = 50, lease: float = 60.0,
             if engine.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True, of=o)
             heads = conn.execute(q).all()
-            out = []
+            if not heads:
+                return []
             until = now + int(lease * SEC)
-            for h in heads:
-                conn.execute(update(outbox).where(
-                    outbox.c.partner == h.partner, outbox.c.kind == h.kind,
-                    outbox.c.res_key == h.res_key, outbox.c.status == "pending",
-                    outbox.c.id >= h.id).values(status="inflight", claim=token,
-                                                lease_until=until, updated_at=now))
-                ids = conn.execute(select(outbox.c.id).where(
-                    outbox.c.claim == token, outbox.c.partner == h.partner,
-                    outbox.c.kind == h.kind, outbox.c.res_key == h.res_key)).scalars().all()
-                out.append(Claimed(token, h.partner, h.endpoint_id, h.kind, h.res_key,
-                                   list(ids), h.created_at, h.attempts))
+            # each head and every younger pending row of its key, in one executemany
+            conn.execute(_CLAIM_KEY, [{"k_partner": h.partner, "k_kind": h.kind,
+                                       "k_res_key": h.res_key, "k_id": h.id,
+                                       "v_claim": token, "v_until": until, "v_now": now}
+                                      for h in heads])
+            ids: dict[tuple[str, str, str], list[int]] = {}
+            for r in conn.execute(select(outbox.c.id, outbox.c.partner, outbox.c.kind,
+                                         outbox.c.res_key)
+                                  .where(outbox.c.status == "inflight",
+                                         outbox.c.claim == token).order_by(outbox.c.id)):
+                ids.setdefault((r.partner, r.kind, r.res_key), []).append(r.id)
+            # a head whose rows another claim took meanwhile (none on PostgreSQL, where the
+            # heads are locked; none on SQLite, where the claim holds the write lock) is
+            # not ours to deliver
+            out = [Claimed(token, h.partner, h.endpoint_id, h.kind, h.res_key, ids[key],
+                           h.created_at, h.attempts) for h in heads
+                   if (key := (h.partner, h.kind, h.res_key)) in ids]
     finally:
         conn.close()
     return out
+
+
+_CLAIM_KEY = (update(outbox)
+              .where(outbox.c.partner == bindparam("k_partner"),
+                     outbox.c.kind == bindparam("k_kind"),
+                     outbox.c.res_key == bindparam("k_res_key"),
+                     outbox.c.status == "pending", outbox.c.id >= bindparam("k_id"))
+              .values(status="inflight", claim=bindparam("v_claim"),
+                      lease_until=bindparam("v_until"), updated_at=bindparam("v_now")))
 
 
 @dataclass
@@ -98,35 +114,72 @@ class Outcome:
 
 
 def record(engine: Engine, outcomes: list[Outcome]) -> None:
-    """Write the results of a batch in one transaction (only rows still held by the claim)."""
+    """Write the results of a batch in one transaction (only rows still held by the claim).
+
+    Outcomes that set the same values (typically every ``sent`` of a batch) share one
+    ``UPDATE … WHERE id IN (…)``; the links are upserted together."""
     if not outcomes:
         return
     now = clock.now()
+    same: dict[tuple, tuple[dict, list[int]]] = {}
+    links: dict[tuple[str, str], dict] = {}
+    for oc in outcomes:
+        c = oc.claimed
+        values: dict = {"updated_at": now, "lease_until": None}
+        if oc.status == "release":   # not attempted (circuit open): back, unchanged
+            values.update(status="pending", claim=None,
+                          next_attempt_at=oc.next_attempt_at or now)
+        else:
+            values.update(status=oc.status, last_error=oc.error,
+                          response_status=oc.response_status)
+            if oc.outcome is not None:
+                values["outcome"] = orjson.dumps(oc.outcome)
+            if oc.status == "sent":
+                values.update(sent_at=now, last_error=None)
+            if oc.status == "pending":
+                values.update(claim=None, next_attempt_at=oc.next_attempt_at or now)
+        key = (c.token, oc.status != "release", *sorted(values.items()))
+        same.setdefault(key, (values, []))[1].extend(c.ids)
+        for local_ref, remote_id, is_open in oc.links or ():
+            links[(c.partner, local_ref)] = {"partner": c.partner, "local_ref": local_ref,
+                                             "remote_id": remote_id, "open": is_open,
+                                             "updated_at": now}
     conn = _write(engine)
     try:
         with conn.begin():
-            for oc in outcomes:
-                c = oc.claimed
-                where = and_(outbox.c.id.in_(c.ids), outbox.c.claim == c.token,
-                             outbox.c.status == "inflight")
-                values: dict = {"updated_at": now, "lease_until": None}
-                if oc.status == "release":   # not attempted (circuit open): back, unchanged
-                    values.update(status="pending", claim=None,
-                                  next_attempt_at=oc.next_attempt_at or now)
-                else:
-                    values.update(status=oc.status, attempts=outbox.c.attempts + 1,
-                                  last_error=oc.error, response_status=oc.response_status)
-                    if oc.outcome is not None:
-                        values["outcome"] = orjson.dumps(oc.outcome)
-                    if oc.status == "sent":
-                        values.update(sent_at=now, last_error=None)
-                    if oc.status == "pending":
-                        values.update(claim=None, next_attempt_at=oc.next_attempt_at or now)
-                conn.execute(update(outbox).where(where).values(**values))
-                for local_ref, remote_id, is_open in oc.links or ():
-                    save_link(conn, c.partner, local_ref, remote_id, is_open, now)
+            for (token, attempted, *_v), (values, ids) in same.items():
+                if attempted:
+                    values = {**values, "attempts": outbox.c.attempts + 1}
+                for n in range(0, len(ids), 500):
+                    conn.execute(update(outbox).where(
+                        outbox.c.id.in_(ids[n:n + 500]), outbox.c.claim == token,
+                        outbox.c.status == "inflight").values(**values))
+            save_links(conn, list(links.values()))
     finally:
         conn.close()
+
+
+def save_links(conn, rows: list[dict]) -> None:
+    """Insert or update several ``sync_link`` rows (partner, local_ref, remote_id, open,
+    updated_at) in one statement where the database has ``ON CONFLICT``."""
+    if not rows:
+        return
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        stmt = dialect_insert(link)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[link.c.partner, link.c.local_ref],
+            set_={"remote_id": stmt.excluded.remote_id, "open": stmt.excluded.open,
+                  "updated_at": stmt.excluded.updated_at})
+        conn.execute(stmt, rows)
+        return
+    for r in rows:
+        save_link(conn, r["partner"], r["local_ref"], r["remote_id"], r["open"],
+                  r["updated_at"])
 
 
 def save_link(conn, partner: str, local_ref: str, remote_id: str, is_open: bool,

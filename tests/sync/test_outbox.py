@@ -252,3 +252,69 @@ def test_message_to_process_message(env):
     worker.run_once()
     assert ob.list_rows(repo.engine)[0]["status"] == "sent"
     assert route.call_count == 2
+
+
+def test_batch_prefetch_builds_the_same_payloads_in_few_queries(env):
+    """A claimed batch is built from reads gathered together (payloads.Reader.prefetch):
+    the same payloads as one referral at a time, in a number of queries that does not grow
+    with the batch."""
+    from sqlalchemy import event
+
+    from fhirgw.sync.mapping import for_partner
+    from fhirgw.sync.partners import organization_partner
+    from fhirgw.sync.payloads import Reader, build
+
+    repo, worker = env
+    org = repo.run(_partner)
+    srs = [repo.run(lambda tx: _referral(tx, org)) for _ in range(12)]
+    keys = [f"ServiceRequest/{sr}" for sr in srs]
+    tasks = repo.run(lambda tx: [s.ref for s in tx.search("Task", [("focus", keys[0])])],
+                     write=False)
+    keys.append(tasks[0])        # a referral keyed by its Task
+    keys.append("ServiceRequest/gone")
+
+    def payloads(tx, prefetch: bool):
+        partner = organization_partner(tx, f"Organization/{org}", ("rest",))
+        reader = Reader(tx)
+        if prefetch:
+            reader.prefetch(keys)
+        out = []
+        for k in keys:
+            try:
+                p = build(tx, "referral", k, partner, for_partner(None), base=worker.base,
+                          identifier_system=OUR_SYSTEM, reader=reader)
+                out.append((p.body, p.track, p.closed))
+            except Exception as exc:  # noqa: BLE001
+                out.append(type(exc).__name__)
+        return out
+
+    statements = []
+
+    def count(*_a):
+        statements.append(1)
+    event.listen(repo.engine, "before_cursor_execute", count)
+    try:
+        alone = repo.run(lambda tx: payloads(tx, False), write=False)
+        n_alone = len(statements)
+        statements.clear()
+        together = repo.run(lambda tx: payloads(tx, True), write=False)
+        n_together = len(statements)
+    finally:
+        event.remove(repo.engine, "before_cursor_execute", count)
+    assert together == alone
+    assert alone[-1] == "NothingToSend" and len(alone[0][0]["entry"]) == 3
+    assert n_together < 20 < n_alone, (n_together, n_alone)
+
+
+@respx.mock
+def test_one_gone_referral_in_a_batch_is_discarded_alone(env):
+    repo, worker = env
+    org = repo.run(_partner)
+    good = [repo.run(lambda tx: _referral(tx, org)) for _ in range(3)]
+    gone = repo.run(lambda tx: _referral(tx, org))
+    repo.run(lambda tx: tx.delete("ServiceRequest", gone))
+    respx.post(PARTNER).mock(side_effect=_ok_bundle)
+    worker.run_once()
+    rows = {r["resource"]: r for r in ob.list_rows(repo.engine)}
+    assert rows[f"ServiceRequest/{gone}"]["status"] == "discarded"
+    assert all(rows[f"ServiceRequest/{g}"]["status"] == "sent" for g in good)
