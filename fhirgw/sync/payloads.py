@@ -78,15 +78,7 @@ def _outgoing(body: dict, links: dict[str, str], base: str) -> dict:
             return [walk(x) for x in node]
         return node
 
-    out = walk(body)
-    out.pop("id", None)
-    meta = {k: v for k, v in (out.get("meta") or {}).items()
-            if k not in ("versionId", "lastUpdated", "source")}
-    if meta:
-        out["meta"] = meta
-    else:
-        out.pop("meta", None)
-    return out
+    return _strip_identity(walk(body))
 
 
 def _condition(body: dict, what: str) -> str:
@@ -317,6 +309,7 @@ def resource(tx, res_key: str, partner: Partner, mapping: Mapping, base: str) ->
 
 
 def _strip_identity(body: dict) -> dict:
+    """A copy without the server's identity: no id, no meta.versionId/lastUpdated/source."""
     out = dict(body)
     out.pop("id", None)
     meta = {k: v for k, v in (out.get("meta") or {}).items()
