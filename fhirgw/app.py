@@ -13,6 +13,7 @@ from .operations.reindex import Reindexer
 from .rest import Router
 from .store.db import make_engine, migrate
 from .store.repository import Repository
+from .security import SecurityLabels
 from .workflows import rules as workflow_rules
 
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
                                checks={"SearchParameter": [check_search_parameter]})
     repo = Repository(engine, search, validator=validator)
     repo.rules.extend(workflow_rules(settings))
+    repo.rules.append(SecurityLabels())  # 42 CFR Part 2 / behavioral-health labels on write
     definitions = StoredDefinitions(profiles, engine)
     definitions.load()
     repo.after_commit.append(definitions.on_commit)

@@ -1,0 +1,1 @@
+from tests.api.conftest import client, settings  # noqa: F401  (shared fixtures)
