@@ -14,6 +14,8 @@ resources run in parallel.
 """
 from __future__ import annotations
 
+import email.utils
+import functools
 import hashlib
 import threading
 import time
@@ -21,7 +23,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import jsonpatch
@@ -78,9 +79,18 @@ def instant(us: int) -> str:
     return f"{cached[1]}.{frac:06d}+00:00"
 
 
+@functools.lru_cache(maxsize=4096)
+def _http_date(sec: int) -> str:
+    return email.utils.formatdate(sec, usegmt=True)
+
+
 def http_date(us: int) -> str:
-    dt = datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
-    return dt.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    """``Last-Modified`` form of epoch microseconds: ``Tue, 14 Nov 2023 22:13:20 GMT``.
+
+    >>> http_date(1_700_000_000_123_456)
+    'Tue, 14 Nov 2023 22:13:20 GMT'
+    """
+    return _http_date(us // 1_000_000)
 
 
 # ---------------------------------------------------------------- results
