@@ -3,7 +3,7 @@ inbound poller and the mapping engine (see README, "Sync with partners").
 
 ``install(app, repo, settings)`` adds the outbox routing rule to the repository, the admin
 API under ``/admin``, and (unless ``settings.worker`` is off) starts the worker with the
-app's lifespan and wakes it on every commit.
+app's lifespan and wakes it when a commit queued deliveries.
 """
 from __future__ import annotations
 
@@ -33,7 +33,15 @@ def install(app, repo, settings, config: SyncConfig | None = None):
     app.state.sync_config = worker.config
     app.include_router(admin_router(repo, worker))
     if settings.worker:
-        repo.after_commit.append(worker.wake)
+        written = [rule.rows_written]
+
+        def wake_on_new_rows(_stored) -> None:
+            # only a commit that queued deliveries wakes the worker (an ingest of
+            # thousands of unrouted resources must not make it poll after each one)
+            if rule.rows_written != written[0]:
+                written[0] = rule.rows_written
+                worker.wake()
+        repo.after_commit.append(wake_on_new_rows)
         previous = app.router.lifespan_context
 
         @asynccontextmanager

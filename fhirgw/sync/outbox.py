@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from ..store.repository import clock
@@ -56,6 +56,16 @@ def claim(engine: Engine, *, limit: int = 50, lease: float = 60.0,
          .order_by(o.c.id).limit(limit))
     if exclude:
         q = q.where(o.c.partner.not_in(sorted(exclude)))
+    # a read first (index ix_sync_outbox_due): an idle worker must not take SQLite's write
+    # lock, or wake PostgreSQL row locks, several times a second for nothing
+    with engine.connect() as probe:
+        busy = probe.execute(
+            select(outbox.c.id).where(or_(
+                and_(outbox.c.status == "pending", outbox.c.next_attempt_at <= now),
+                and_(outbox.c.status == "inflight", outbox.c.lease_until < now))).limit(1)
+        ).first()
+    if busy is None:
+        return []
     conn = _write(engine)
     try:
         with conn.begin():
