@@ -95,12 +95,16 @@ class SqlCompiler:
 
     def conditions(self, query: SearchQuery, r: RCols, types: tuple[str, ...]) -> list[ColumnElement]:
         conds: list[ColumnElement] = [r.deleted == false()]
-        driver = pick_driver(query.criteria)
+        # a compartment (one client's records) is the most selective thing a search can
+        # have: it drives, and every parameter is checked per candidate row
+        in_compartment = bool(query.compartment)
+        driver = None if in_compartment else pick_driver(query.criteria)
         if driver is None or not set(driver.res_types) <= set(types):
             # the driver's own rows are limited to its types; a narrower _type needs this too
             conds.insert(0, _type_cond(r.res_type, types))
         for crit in query.criteria:
-            if driver is not None and crit is not driver and crit.kind == "param":
+            if (in_compartment or (driver is not None and crit is not driver)) \
+                    and crit.kind == "param":
                 # checked per candidate row through the (rid) index instead of a list of
                 # every matching rid (SQLite builds IN lists in full: all 'status=requested'
                 # Tasks); PostgreSQL plans EXISTS and IN as the same semi-join
