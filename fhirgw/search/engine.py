@@ -128,6 +128,7 @@ class SearchEngine:
                cursor: str | None = None) -> SearchPage:
         types = tuple(res_types) if res_types else query.search_types
         page = SearchPage(issues=list(query.issues))
+        self._probe_has(conn, query)
         r = RCols()
         conds = self.compiler.conditions(query, r, types)
         pg = conn.dialect.name == "postgresql"
@@ -185,6 +186,17 @@ class SearchEngine:
         return page
 
     # -------------------------------------------------------------- helpers
+
+    #: a _has inner criterion matching at least this many rows is "broad" (see sql._has)
+    HAS_BROAD = 2000
+
+    def _probe_has(self, conn: Connection, query: SearchQuery) -> None:
+        """Decide per query how each top-level ``_has`` runs: one LIMIT-ed count of the
+        inner criterion's rows (a few ms at worst) picks the plan that stays fast."""
+        for crit in query.criteria:
+            if crit.kind == "has" and crit.inner is not None:
+                n = conn.execute(self.compiler.has_inner_rows(crit, self.HAS_BROAD)).scalar_one()
+                crit.broad = n >= self.HAS_BROAD
 
     def _sort_keys(self, query: SearchQuery, r: RCols, types, pg: bool) -> list[tuple[Any, bool]]:
         out = []

@@ -97,6 +97,9 @@ class Criterion:
     inner: "Criterion | None" = None
     has_type: str | None = None
     has_param: str | None = None
+    #: ``has``: the inner criterion matches many rows (set by the engine's probe), so the
+    #: search walks candidates and checks each (EXISTS) instead of listing every referrer
+    broad: bool = False
 
     @property
     def ptype(self) -> str:

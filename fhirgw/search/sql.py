@@ -146,6 +146,17 @@ class SqlCompiler:
         return self._param(crit, r)
 
     def _param(self, crit: Criterion, r: RCols, correlated: bool = False) -> ColumnElement:
+        sub, negate = self._param_select(crit, r, correlated)
+        if correlated:
+            return ~sub.exists() if negate else sub.exists()
+        return r.rid.not_in(sub) if negate else r.rid.in_(sub)
+
+    def _param_rows(self, crit: Criterion):
+        """The index rows (their rids) a positive parameter criterion matches."""
+        return self._param_select(crit, RCols(resource.alias()), False)[0]
+
+    def _param_select(self, crit: Criterion, r: RCols, correlated: bool):
+        """(select of matching index rows' rids, whether the criterion negates them)."""
         sp = crit.param
         ptype = sp.type
         mod = crit.modifier
@@ -165,9 +176,7 @@ class SqlCompiler:
         if crit.missing is None:
             ors = [self._value(ptype, mod, t, v, crit) for v in crit.values]
             sub = sub.where(or_(*ors) if len(ors) > 1 else ors[0])
-        if correlated:
-            return ~sub.exists() if negate else sub.exists()
-        return r.rid.not_in(sub) if negate else r.rid.in_(sub)
+        return sub, negate
 
     def _value(self, ptype: str, mod: str | None, t, v: Any, crit: Criterion) -> ColumnElement:
         c = t.c
@@ -236,15 +245,45 @@ class SqlCompiler:
         return r.rid.in_(sub)
 
     def _has(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
+        """``_has:Type:param:inner=x``. A selective inner criterion lists the ids its
+        referrers point at (``res_id IN``); a broad one (``crit.broad``, from the engine's
+        probe) is checked per candidate row from the row's id through the
+        (target_type, target_id) index, so a first page stops at its first matches instead
+        of listing hundreds of thousands of referrers."""
         ref = sp_reference.alias()
         src = RCols(resource.alias())
+        target_type = types[0] if len(types) == 1 else r.res_type
+        if crit.broad:
+            inner_crit = crit.inner
+            inner = (self._param(inner_crit, src, correlated=True) if inner_crit.kind == "param"
+                     else self.criterion(inner_crit, src, (crit.has_type,)))
+            return (select(ref.c.rid).join(src.t, src.rid == ref.c.rid)
+                    .where(ref.c.target_id == r.res_id, ref.c.target_type == target_type,
+                           ref.c.res_type == crit.has_type, ref.c.param == crit.has_param,
+                           src.deleted == false(), inner)).exists()
         inner = self.criterion(crit.inner, src, (crit.has_type,))
         sub = (select(ref.c.target_id)
                .join(src.t, src.rid == ref.c.rid)
                .where(ref.c.res_type == crit.has_type, ref.c.param == crit.has_param,
-                      ref.c.target_type == (types[0] if len(types) == 1 else r.res_type),
+                      ref.c.target_type == target_type,
                       src.deleted == false(), inner))
         return r.res_id.in_(sub)
+
+    def has_inner_rows(self, crit: Criterion, limit: int):
+        """A statement counting (up to ``limit``) the rows the ``_has`` inner criterion
+        matches: the probe that decides between the two forms of ``_has``."""
+        src = RCols(resource.alias())
+        inner = self.criterion(crit.inner, src, (crit.has_type,))
+        inner_crit = crit.inner
+        if inner_crit.kind == "param" and inner_crit.missing is None \
+                and inner_crit.modifier != "not":
+            # straight from the index rows: no list of rids is built before the LIMIT
+            rows = self._param_rows(inner_crit).limit(limit).subquery()
+        else:
+            inner = self.criterion(inner_crit, src, (crit.has_type,))
+            rows = select(src.rid).where(src.res_type == crit.has_type, inner) \
+                .limit(limit).subquery()
+        return select(func.count()).select_from(rows)
 
     # -------------------------------------------------------------- compartments
 

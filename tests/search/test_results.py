@@ -58,6 +58,24 @@ def test_has(world):
     assert world.idset("Patient", "_has:Appointment:patient:status=cancelled") == set()
 
 
+def test_has_plans_agree(world):
+    """_has runs as an id list (selective inner criterion) or per candidate row (broad, as
+    the engine's probe decides): both forms find the same resources."""
+    queries = [("Patient", "_has:Observation:patient:code=8462-4"),
+               ("Patient", "_has:Observation:patient:code=8480-6"),
+               ("Patient", "_has:Task:patient:focus:ServiceRequest.code=304891004"),
+               ("Practitioner", "_has:Observation:performer:_has:Provenance:target:_id=prov1"),
+               ("Patient", "_has:Appointment:patient:status=cancelled"),
+               ("Patient", "_has:Observation:patient:code=8480-6&_id=p2")]
+    selective = [world.idset(t, q) for t, q in queries]
+    world.search.HAS_BROAD = 1          # every inner criterion now counts as broad
+    try:
+        assert [world.idset(t, q) for t, q in queries] == selective
+    finally:
+        del world.search.HAS_BROAD
+    assert selective[1] == {"p1", "p2"} and selective[5] == {"p2"}
+
+
 def _page(store, res_type, qs, **kw):
     return store.query(res_type, qs, **kw)
 
