@@ -25,7 +25,7 @@ from ..model import resources as res
 from ..model.references import rewrite_links
 from ..model.errors import (BadRequest, FhirError, Issue, NotFound, PayloadTooLarge,
                             PreconditionFailed, TooManyMatches, operation_outcome)
-from ..store.repository import Tx, instant, parse_etag
+from ..store.repository import Tx, WriteResult, instant, parse_etag
 from . import render
 
 log = logging.getLogger("fhirgw.bundle")
@@ -49,10 +49,6 @@ class Entry:
     matched_id: str | None = None
     response: Any = None
     extra: dict = field(default_factory=dict)
-
-    @property
-    def where(self) -> str:
-        return f"Bundle.entry[{self.index}]"
 
 
 def _entry_error(entry_index: int, exc: FhirError) -> FhirError:
@@ -210,9 +206,6 @@ class BundleProcessor:
                 seen[target] = e.index
             if e.full_url and e.full_url != target:
                 mapping[e.full_url] = target
-                if e.full_url.startswith("urn:uuid:") or e.full_url.startswith("urn:oid:"):
-                    continue
-                # an absolute fullUrl: references may use its relative tail too
         return mapping
 
     def _identity(self, tx: Tx, e: Entry) -> str | None:
@@ -309,24 +302,12 @@ class BundleProcessor:
             e.response = ("write", result, status)
 
     def _execute(self, req, tx: Tx, e: Entry):
+        """One entry that is not part of a batched write: a POST whose ifNoneExist matched,
+        PATCH, DELETE, GET/HEAD (creates and updates go through ``_batch_write``)."""
         body = e.extra.get("body")
-        if e.method == "POST":
-            rtype, _, new_id = e.target.partition("/")
-            if e.matched_id:
-                from ..store.repository import WriteResult
-                return ("write", WriteResult(tx.read(rtype, e.matched_id), matched=True), 200)
-            body = dict(body)
-            body.pop("id", None)
-            result = tx.create(rtype, body, res_id=new_id, validated=True)
-            return ("write", result, 201)
-        if e.method == "PUT":
-            rtype, _, rid = e.target.partition("/")
-            body = dict(body)
-            if e.query:  # conditional update resolved to an identity
-                body["id"] = rid
-            if_match = parse_etag(e.request.get("ifMatch"))
-            result = tx.update(rtype, rid, body, if_match=if_match, validated=True)
-            return ("write", result, 201 if result.created else 200)
+        if e.method == "POST":  # only a matched conditional create reaches here
+            rtype = e.target.partition("/")[0]
+            return ("write", WriteResult(tx.read(rtype, e.matched_id), matched=True), 200)
         if e.method == "PATCH":
             rtype, _, rid = e.target.partition("/")
             if_match = parse_etag(e.request.get("ifMatch"))
