@@ -1,10 +1,13 @@
 """create_app(settings): wires the rooms into a FastAPI application; nothing else."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 
 from . import __version__
 from .api import openapi
+from .api.auth import Auth
 from .api.http import install
 from .api.logging import AccessLog
 from .config import Settings
@@ -14,7 +17,11 @@ from .rest import Router
 from .store.db import make_engine, migrate
 from .store.repository import Repository
 from .security import SecurityLabels
+from .security.access import PartnerWrites
 from .workflows import rules as workflow_rules
+
+
+log = logging.getLogger("fhirgw")
 
 
 def _default_search_engine(settings: Settings):
@@ -42,6 +49,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     repo = Repository(engine, search, validator=validator)
     repo.rules.extend(workflow_rules(settings))
     repo.rules.append(SecurityLabels())  # 42 CFR Part 2 / behavioral-health labels on write
+    repo.rules.append(PartnerWrites())   # what a partner client may change
     definitions = StoredDefinitions(profiles, engine)
     definitions.load()
     repo.after_commit.append(definitions.on_commit)
@@ -62,7 +70,12 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
                               "The FHIR API lives under /fhir.")
     app.state.settings = settings
     app.state.router = router
-    install(app, router)
+    auth = Auth(settings, engine)
+    app.state.auth = auth
+    if not auth.enabled:
+        log.warning("FHIRGW_AUTH=disabled: every request is treated as a fully trusted local "
+                    "developer. Never use this outside local development.")
+    install(app, router, auth)
     openapi.install(app, search.registry)
     app.add_middleware(AccessLog)
     # ---- sync (fhirgw/sync): outbox routing rule, delivery/poll worker, /admin API

@@ -47,13 +47,40 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
     # migrate once here, so N workers do not race to create the schema
     from .config import Settings
     from .store.db import make_engine, migrate
-    eng = make_engine(Settings().database_url)
+    settings = Settings()
+    try:
+        auth_on = settings.auth_enabled
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    if not auth_on and not _loopback(host):
+        typer.echo(f"error: FHIRGW_AUTH=disabled is for local development only; refusing to "
+                   f"listen on {host} (bind 127.0.0.1, or enable auth)", err=True)
+        raise typer.Exit(2)
+    eng = make_engine(settings.database_url)
     migrate(eng)
+    if auth_on:
+        from .security.cli import first_start
+        from .security.clients import ClientStore
+        notice = first_start(ClientStore(eng), f"http://{host}:{port}")
+        if notice:
+            typer.echo(notice)
     eng.dispose()
     typer.echo(f"fhirgw: FHIR base http://{host}:{port}/fhir  database "
-               f"{Settings().database_url.split('@')[-1]}")
+               f"{settings.database_url.split('@')[-1]}")
     uvicorn.run("fhirgw.cli:_factory", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, access_log=False)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()
@@ -160,3 +187,4 @@ def main() -> None:  # pragma: no cover
 
 from .cli_data import register; register(app)  # noqa: E402,E702
 from .sync.cli import register as _sync; _sync(app)  # noqa: E402,E702
+from .security.cli import register as _clients; _clients(app)  # noqa: E402,E702

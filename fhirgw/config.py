@@ -39,6 +39,19 @@ class Settings:
         "FHIRGW_IDENTIFIER_SYSTEM", "http://fhirgw.dev/fhir/sid/business-id"))
     #: apply migrations on start
     migrate: bool = True
+    # ---- security (fhirgw/security)
+    #: "enabled" (default: every FHIR request needs a bearer token) or "disabled" (local
+    #: development only: refused on a non-loopback address, warned about on every start)
+    auth: str = field(default_factory=lambda: os.environ.get("FHIRGW_AUTH", "enabled"))
+    #: access token lifetime in seconds
+    token_lifetime: int = field(default_factory=lambda: _env_int("FHIRGW_TOKEN_LIFETIME", 300))
+
+    @property
+    def auth_enabled(self) -> bool:
+        value = self.auth.strip().lower()
+        if value not in ("enabled", "disabled"):
+            raise ValueError(f"FHIRGW_AUTH must be 'enabled' or 'disabled', not {self.auth!r}")
+        return value == "enabled"
     # ---- sync (fhirgw/sync): partner config file, default poll interval, in-process worker
     #: TOML/YAML file of partner settings keyed by Endpoint identifier (empty: defaults only)
     sync_config: str = field(default_factory=lambda: os.environ.get("FHIRGW_SYNC_CONFIG", ""))

@@ -7,12 +7,15 @@
 * ``GET /admin/metrics``: per partner queued, sent, failed, discarded, oldest age (s)
 * ``GET /admin/partners``: Organizations with FHIR Endpoints, and their settings' source
 
-When the sync config sets ``[admin] token``, requests need ``Authorization: Bearer <token>``.
+Requests need an access token of a client with scope ``fhirgw/admin`` (the first-start
+admin client has it). The sync config's ``[admin] token``, when set, is accepted too.
 """
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+
+from ..model.errors import FhirError
 
 
 def router(repo, worker) -> APIRouter:
@@ -23,8 +26,24 @@ def router(repo, worker) -> APIRouter:
     token = worker.config.admin_token
 
     def check(request: Request) -> None:
-        if token and request.headers.get("authorization") != f"Bearer {token}":
-            raise HTTPException(401, "admin token required")
+        given = request.headers.get("authorization")
+        if token and given == f"Bearer {token}":
+            return  # the sync config's own admin token
+        auth = getattr(request.app.state, "auth", None)
+        if auth is None or not auth.enabled:
+            if token:
+                raise HTTPException(401, "admin token required")
+            return
+        base = f"{request.url.scheme}://{request.headers.get('host') or 'localhost'}/fhir"
+        settings = request.app.state.settings
+        try:
+            principal = auth.principal("GET", "admin", given, settings.base_url.rstrip("/")
+                                       or base)
+        except FhirError:
+            raise HTTPException(401, "an access token with scope fhirgw/admin is required",
+                                headers={"WWW-Authenticate": 'Bearer realm="fhirgw"'}) from None
+        if not principal.scopes.admin:
+            raise HTTPException(403, "this client lacks scope fhirgw/admin")
 
     r = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(check)])
 

@@ -23,7 +23,10 @@ def error_response(exc: FhirError) -> Response:
                     media_type=FHIR_JSON, headers=exc.headers)
 
 
-def install(app: FastAPI, router: Router) -> None:
+def install(app: FastAPI, router: Router, auth) -> None:
+    """The /fhir routes, behind ``auth`` (``api.auth.Auth``)."""
+    from .auth import install as install_auth
+
     settings = router.settings
 
     @app.exception_handler(FhirError)
@@ -44,14 +47,18 @@ def install(app: FastAPI, router: Router) -> None:
         return f"{request.url.scheme}://{host}/fhir"
 
     inline_reads = router.repo.fast is not None and router.repo.fast.is_sqlite
+    install_auth(app, auth, base_of)  # /auth/token and discovery, before the /fhir routes
 
     async def fhir(request: Request) -> Response:
         path = request.path_params.get("path", "")
         headers = request.headers
         fmt = check_format(request.query_params.get("_format"), headers.get("accept"))
+        base = base_of(request)
+        principal = auth.principal(request.method, path, headers.get("authorization"), base)
         target = router.simple_read_target(request.method, path,
                                            request.query_params.multi_items())
-        if target is not None and fmt == "json":
+        if target is not None and fmt == "json" and not principal.is_partner and \
+                principal.scopes.allows(target[0], "r"):
             # hot path: a read by id; SQLite WAL reads take microseconds and never wait
             # for writers, so they run right here instead of hopping to a worker thread
             inm = headers.get("if-none-match")
@@ -75,7 +82,7 @@ def install(app: FastAPI, router: Router) -> None:
             method=request.method, path=path,
             query=request.query_params.multi_items(),
             headers={k: v for k, v in headers.items()},
-            body=body, base=base_of(request), format=fmt)
+            body=body, base=base, format=fmt, principal=principal)
         rresp = await anyio.to_thread.run_sync(router.handle, rreq)
         if fmt == "html" and rresp.status < 300 and not (
                 rresp.media_type or "").startswith("text/html"):

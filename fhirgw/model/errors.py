@@ -109,3 +109,15 @@ class UnsupportedMediaType(FhirError):
 
 class TooManyMatches(PreconditionFailed):
     code = "multiple-matches"
+
+
+class Unauthorized(FhirError):
+    """No valid access token (never says which check failed)."""
+
+    status, code = 401, "login"
+
+
+class Forbidden(FhirError):
+    """A valid token whose scopes or partner view do not allow the interaction."""
+
+    status, code = 403, "forbidden"

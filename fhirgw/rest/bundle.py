@@ -25,6 +25,7 @@ from ..model import resources as res
 from ..model.references import rewrite_links
 from ..model.errors import (BadRequest, FhirError, Issue, NotFound, PayloadTooLarge,
                             PreconditionFailed, TooManyMatches, operation_outcome)
+from ..security.access import authorize
 from ..store.repository import Tx, WriteResult, instant, parse_etag
 from . import render
 
@@ -141,8 +142,13 @@ class BundleProcessor:
     # ------------------------------------------------------------ transaction
 
     def _transaction(self, req, entries: list[Entry]) -> bytes:
-        # structural validation first, outside the database transaction
+        # permissions and structural validation first, outside the database transaction
         for e in entries:
+            try:
+                name, params = self.router.match(e.method, e.path)
+                authorize(req.principal, name, params, _EntryRequest(e.query))
+            except FhirError as exc:
+                raise _entry_error(e.index, exc) from None
             if e.method in ("POST", "PUT"):
                 rtype = e.path.split("/")[0].split("?")[0]
                 try:
@@ -326,7 +332,7 @@ class BundleProcessor:
         # GET / HEAD: through the router, inside this transaction
         from .router import RestRequest
         sub = RestRequest(e.method, e.path, e.query, _entry_headers(e.request), None,
-                          base=req.base)
+                          base=req.base, principal=req.principal)
         return ("rest", self.router.handle(sub, tx), None)
 
     # ------------------------------------------------------------ batch
@@ -343,7 +349,7 @@ class BundleProcessor:
                 if e.method == "PATCH":
                     headers.setdefault("content-type", "application/json-patch+json")
                 sub = RestRequest(e.method, e.path, e.query, headers, None,
-                                  parsed=e.resource, base=req.base)
+                                  parsed=e.resource, base=req.base, principal=req.principal)
                 e.response = ("rest", self.router.handle(sub), None)
                 out.append(self._entry_response(req, e))
             except FhirError as exc:
@@ -391,6 +397,13 @@ class BundleProcessor:
                 response["location"] = f"{s.res_type}/{s.res_id}/_history/{s.version}"
         out["response"] = response
         return out
+
+
+class _EntryRequest:
+    """What ``authorize`` reads of a transaction entry's request."""
+
+    def __init__(self, query: list[tuple[str, str]]) -> None:
+        self.search_items = query
 
 
 def _entry_headers(request: dict) -> dict[str, str]:

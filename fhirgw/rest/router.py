@@ -18,6 +18,8 @@ from ..config import Settings
 from ..model import resources as res
 from ..model.errors import (BadRequest, MethodNotAllowed, NotFound,
                             UnsupportedMediaType)
+from ..security.access import authorize, guard_read, require
+from ..security.principal import reset_current, set_current
 from ..store.repository import Repository, Stored, Tx, WriteResult, parse_etag
 from . import render
 
@@ -36,6 +38,8 @@ class RestRequest:
     parsed: Any = None                          # the body already parsed (Bundle entries)
     base: str = ""                              # "http://host:port/fhir"
     format: str = "json"                        # what the client asked for: json | html
+    #: who asks (security.principal.Principal); None: the gateway itself
+    principal: Any = None
 
     @classmethod
     def from_url(cls, method: str, url: str, **kw) -> "RestRequest":
@@ -135,13 +139,23 @@ class Router:
 
     def handle(self, req: RestRequest, tx: Tx | None = None) -> RestResponse:
         """Route a request. With ``tx`` the interaction joins that transaction (Bundles)."""
-        method = req.method.upper()
         if tx is None:
             for watcher in self.watchers:  # definitions changed by another process
                 watcher.maybe_refresh()
+        name, params = self.match(req.method, req.path)
+        authorize(req.principal, name, params, req)
+        token = set_current(req.principal)
+        try:
+            return getattr(self, name)(req, tx, **params)
+        finally:
+            reset_current(token)
+
+    def match(self, method: str, path: str) -> tuple[str, dict[str, str]]:
+        """(handler name, path variables) of a request, or the FhirError it gets."""
+        method = method.upper()
         if method == "HEAD":
             method = "GET"
-        path = req.path.strip("/")
+        path = path.strip("/")
         allowed = []
         for m, rx, name in _ROUTES:
             match = rx.match(path)
@@ -153,7 +167,9 @@ class Router:
             params = match.groupdict()
             if "type" in params:
                 res.check_type(params["type"])
-            return getattr(self, name)(req, tx, **params)
+            if "ctype" in params:
+                res.check_type(params["ctype"])
+            return name, params
         if allowed:
             raise MethodNotAllowed(f"{method} is not allowed on /{path} (allowed: "
                                    f"{', '.join(sorted(set(allowed)))})",
@@ -229,14 +245,15 @@ class Router:
 
     @route("GET", "{type}/{id}")
     def read(self, req, tx, type, id):
-        return self._resource_response(req, self._run(tx, lambda t: t.read(type, id), False))
+        return self._resource_response(req, self._run(
+            tx, lambda t: guard_read(t, req.principal, t.read(type, id)), False))
 
     @route("GET", "{type}/{id}/_history/{vid}")
     def vread(self, req, tx, type, id, vid):
         if not vid.isdigit():
             raise NotFound(f"Version {vid!r} is not a version id", expression="versionId")
-        return self._resource_response(
-            req, self._run(tx, lambda t: t.vread(type, id, int(vid)), False))
+        return self._resource_response(req, self._run(
+            tx, lambda t: guard_read(t, req.principal, t.vread(type, id, int(vid))), False))
 
     @route("PUT", "{type}/{id}")
     def update(self, req, tx, type, id):
@@ -327,7 +344,6 @@ class Router:
 
     @route("GET", "{type}/{id}/{ctype}")
     def compartment(self, req, tx, type, id, ctype):
-        res.check_type(ctype)
         return self._search(req, tx, [ctype], ctype, req.search_items, compartment=(type, id))
 
     # ------------------------------------------------------------ system level
@@ -400,6 +416,8 @@ class Router:
     def document(self, req, tx, id):
         from ..operations.document import build_document, render_html
         bundle = self._run(tx, lambda t: build_document(t, id, base=req.base), False)
+        for rtype in sorted({e["resource"]["resourceType"] for e in bundle.get("entry") or []}):
+            require(req.principal, rtype, "r", f"read the {rtype} in this document")
         if req.format == "html":
             return RestResponse(200, render_html(bundle).encode(), {},
                                 media_type="text/html; charset=utf-8")
@@ -429,6 +447,8 @@ class Router:
     def process_message(self, req, tx):
         from ..operations.messaging import process_message
         message = req.json()
+        for rtype in sorted(_entry_types(message) - {"MessageHeader"}):
+            require(req.principal, rtype, "cu", f"send {rtype} in a message")
         bundle = self._run(tx, lambda t: process_message(t, message, base=req.base,
                                                          settings=self.settings))
         return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
@@ -477,6 +497,13 @@ class Router:
     def _search(self, req: RestRequest, tx, types, type_for_parse, items, compartment=None):
         from .search import search_response
         return search_response(self, req, tx, types, type_for_parse, items, compartment)
+
+
+def _entry_types(bundle) -> set[str]:
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    return {e["resource"]["resourceType"] for e in entries or []
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+            and isinstance(e["resource"].get("resourceType"), str)}
 
 
 def _condition(value: str) -> list[tuple[str, str]]:

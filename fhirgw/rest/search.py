@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ..model import resources as res
-from ..model.errors import BadRequest
+from ..model.errors import BadRequest, Issue
+from ..security.access import filter_page, partner_constraint
 from ..search import apply_elements
 from ..store.repository import clock, instant
 from . import render
@@ -29,6 +30,10 @@ def search_response(router, req, tx, types, type_for_parse, items, compartment=N
     from .router import RestResponse
 
     engine = router.search
+    principal = req.principal
+    if principal is not None and principal.is_partner:
+        # the partner view: only what concerns its Organization (security.access)
+        items = list(items) + [partner_constraint(principal, type_for_parse)]
     query = engine.parse(type_for_parse, items, strict=_strict(req), base_url=req.base,
                          compartment=compartment)
     if query.count is None:
@@ -37,7 +42,15 @@ def search_response(router, req, tx, types, type_for_parse, items, compartment=N
     if query.count == 0 and query.total is None:
         query.total = "accurate"  # _count=0 asks for the count alone
     cursor = req.param("_cursor")
-    page = router._run(tx, lambda t: engine.search(t.conn, types, query, cursor=cursor), False)
+
+    def run(t):
+        found = engine.search(t.conn, types, query, cursor=cursor)
+        if filter_page(t, principal, found):
+            found.issues.append(Issue("Some resources were left out: this client may not "
+                                      "see them", severity="information", code="suppressed"))
+        return found
+
+    page = router._run(tx, run, False)
     if router.custom is not None:
         page.issues.extend(router.custom.warnings_for(query))
     return RestResponse(200, searchset(req, page, query), {})
