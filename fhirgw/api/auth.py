@@ -22,17 +22,12 @@ from ..config import Settings
 from ..model.errors import Issue, Unauthorized, outcome_bytes
 from ..security.clients import ClientStore
 from ..security.principal import LOCAL, Principal
-from ..security.tokens import ASSERTION_ALGORITHMS, OAuthError, TokenService
+from ..security.tokens import ASSERTION_ALGORITHMS, OAuthError, TokenService, origin_of
 
 log = logging.getLogger("fhirgw.auth")
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 OPEN_PATHS = frozenset({"metadata", ".well-known/smart-configuration"})
 _CHALLENGE = 'Bearer realm="fhirgw"'
-
-
-def origin_of(base: str) -> str:
-    """``http://h:p/fhir`` -> ``http://h:p`` (where /auth lives)."""
-    return base[: -len("/fhir")] if base.endswith("/fhir") else base
 
 
 class Auth:

@@ -64,8 +64,33 @@ def capability_statement(router) -> dict:
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
+            "security": _security(router.settings),
             "resource": resources,
             "interaction": system,
             "operation": rest_ops,
         }],
     }
+
+
+def _security(settings) -> dict:
+    """rest.security: SMART Backend Services tokens (or none, with auth disabled)."""
+    if not settings.auth_enabled:
+        return {"description": "Authentication is DISABLED (FHIRGW_AUTH=disabled): local "
+                               "development only."}
+    out: dict = {
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}]}],
+        "description": "Every request needs a bearer token from the token endpoint "
+                       "(OAuth2 client credentials: client_secret_basic or SMART Backend "
+                       "Services private_key_jwt). SMART v2 system scopes apply per "
+                       "interaction; see /.well-known/smart-configuration.",
+    }
+    base = settings.base_url.rstrip("/")
+    if base:
+        from ..security.tokens import origin_of
+        origin = origin_of(base)
+        out["extension"] = [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": f"{origin}/auth/token"}]}]
+    return out

@@ -57,6 +57,11 @@ class OAuthError(Exception):
         self.status = status
 
 
+def origin_of(base: str) -> str:
+    """``http://h:p/fhir`` -> ``http://h:p`` (where ``/auth`` lives)."""
+    return base[: -len("/fhir")] if base.endswith("/fhir") else base
+
+
 def _client_failed() -> OAuthError:
     return OAuthError("invalid_client", "Client authentication failed", 401)
 
