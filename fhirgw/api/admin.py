@@ -12,10 +12,17 @@ admin client has it). The sync config's ``[admin] token``, when set, is accepted
 """
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ..model.errors import FhirError
+
+#: database ids and paging fit a signed 64-bit integer (larger ones are a 422, not a crash)
+RowId = Annotated[int, Path(ge=1, le=2 ** 63 - 1)]
+Limit = Annotated[int, Query(ge=1, le=100_000)]
+Offset = Annotated[int, Query(ge=0, le=2 ** 62)]
 
 
 def router(repo, worker) -> APIRouter:
@@ -49,7 +56,7 @@ def router(repo, worker) -> APIRouter:
 
     @r.get("/outbox")
     async def outbox_list(status: str | None = None, partner: str | None = None,
-                          limit: int = 100, offset: int = 0):
+                          limit: Limit = 100, offset: Offset = 0):
         return await run_in_threadpool(ob.list_rows, engine, status=status, partner=partner,
                                        limit=min(limit, 1000), offset=offset)
 
@@ -60,21 +67,21 @@ def router(repo, worker) -> APIRouter:
         return {"retried": n}
 
     @r.get("/outbox/{row_id}")
-    async def outbox_show(row_id: int):
+    async def outbox_show(row_id: RowId):
         row = await run_in_threadpool(ob.show, engine, row_id)
         if row is None:
             raise HTTPException(404, f"no outbox row {row_id}")
         return row
 
     @r.post("/outbox/{row_id}/retry")
-    async def outbox_retry(row_id: int):
+    async def outbox_retry(row_id: RowId):
         if not await run_in_threadpool(ob.retry, engine, row_id):
             raise HTTPException(409, f"outbox row {row_id} is not dead, discarded or pending")
         worker.wake()
         return await run_in_threadpool(ob.show, engine, row_id)
 
     @r.post("/outbox/{row_id}/discard")
-    async def outbox_discard(row_id: int):
+    async def outbox_discard(row_id: RowId):
         if not await run_in_threadpool(ob.discard, engine, row_id):
             raise HTTPException(409, f"outbox row {row_id} is not pending or dead")
         return await run_in_threadpool(ob.show, engine, row_id)

@@ -114,7 +114,40 @@ def build(app, registry) -> dict[str, Any]:
     paths["/fhir/_history"] = {"get": {"tags": ["system"], "summary": "Whole-server history",
                                        "operationId": "historySystem",
                                        "responses": {"200": {"description": "history Bundle"}}}}
+    _security(doc)
     return doc
+
+
+def _security(doc: dict) -> None:
+    """Bearer tokens from ``POST /auth/token`` on every /fhir path but metadata."""
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "clientCredentials": {"type": "oauth2", "flows": {"clientCredentials": {
+            "tokenUrl": "/auth/token",
+            "scopes": {"system/*.cruds": "everything", "system/*.rs": "read and search",
+                       "fhirgw/admin": "/admin and $reindex"}}}},
+    }
+    doc["security"] = [{"bearer": []}, {"clientCredentials": []}]
+    doc["paths"]["/fhir/metadata"]["get"]["security"] = []
+    form = {"type": "object", "required": ["grant_type"], "properties": {
+        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+        "scope": {"type": "string"},
+        "client_assertion_type": {"type": "string"},
+        "client_assertion": {"type": "string"}}}
+    oauth_error = {"application/json": {"schema": {"type": "object", "properties": {
+        "error": {"type": "string"}, "error_description": {"type": "string"}}}}}
+    doc["paths"]["/auth/token"] = {"post": {
+        "tags": ["auth"], "summary": "Get an access token (OAuth2 client credentials: "
+                                     "client_secret_basic or private_key_jwt)",
+        "operationId": "token", "security": [],
+        "requestBody": {"required": True,
+                        "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+        "responses": {"200": {"description": "access token", "content": {
+            "application/json": {"schema": {"type": "object", "properties": {
+                "access_token": {"type": "string"}, "token_type": {"type": "string"},
+                "expires_in": {"type": "integer"}, "scope": {"type": "string"}}}}}},
+            "400": {"description": "bad request", "content": oauth_error},
+            "401": {"description": "client authentication failed", "content": oauth_error}}}}
 
 
 def install(app, registry) -> None:
