@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -18,6 +19,8 @@ from .store.db import make_engine, migrate
 from .store.repository import Repository
 from .security import SecurityLabels
 from .security.access import PartnerWrites
+from .security.audit import AuditTrail
+from .security.audit import install_rule as install_audit_rule
 from .workflows import rules as workflow_rules
 
 
@@ -82,4 +85,24 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     from .sync import install as install_sync
     install_sync(app, repo, settings)
     # ---- end sync
+    # ---- audit (fhirgw/security/audit): writes in their transaction (the last rule),
+    # reads, searches and refusals through a batched background writer
+    install_audit_rule(repo)
+    trail = AuditTrail(repo)
+    router.audit = trail
+    app.state.audit = trail
+    if getattr(app.state, "sync_worker", None) is not None:
+        app.state.sync_worker.audit = trail   # deliveries are disclosures
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a):
+        try:
+            async with previous(a) as state:
+                yield state
+        finally:
+            import anyio
+            await anyio.to_thread.run_sync(trail.close)
+
+    app.router.lifespan_context = lifespan
     return app

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from ..model.errors import FhirError, NotAcceptable, PayloadTooLarge, outcome_bytes
 from ..model.errors import Issue
 from ..rest import RestRequest, Router
+from ..security.audit import denied_event, patients_of, rest_event
 from .negotiation import check_body_type, check_format
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -54,7 +55,15 @@ def install(app: FastAPI, router: Router, auth) -> None:
         headers = request.headers
         fmt = check_format(request.query_params.get("_format"), headers.get("accept"))
         base = base_of(request)
-        principal = auth.principal(request.method, path, headers.get("authorization"), base)
+        try:
+            principal = auth.principal(request.method, path, headers.get("authorization"),
+                                       base)
+        except FhirError as exc:
+            if router.audit is not None:
+                router.audit.record(denied_event(
+                    None, None, exc.status, address=request.client.host
+                    if request.client else None, reason="no valid access token"))
+            raise
         target = router.simple_read_target(request.method, path,
                                            request.query_params.multi_items())
         if target is not None and fmt == "json" and not principal.is_partner and \
@@ -67,6 +76,11 @@ def install(app: FastAPI, router: Router, auth) -> None:
             else:
                 fast = await anyio.to_thread.run_sync(router.read_fast, target[0], target[1], inm)
             if fast is not None:
+                if router.audit is not None:
+                    router.audit.record(rest_event(
+                        principal, "read", fast.status,
+                        resource_refs=(f"{target[0]}/{target[1]}",),
+                        patient_refs=patients_of(fast.stored.body)))
                 return Response(fast.body if request.method == "GET" else None,
                                 status_code=fast.status, headers=fast.headers,
                                 media_type=FHIR_JSON)

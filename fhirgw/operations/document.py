@@ -7,6 +7,12 @@ and, transitively, the local resources those reference (Patient, Practitioner,
 Organization, Medication, Condition, ...). Each entry's ``fullUrl`` is ``{base}/{type}/{id}``
 so the relative references inside the resources resolve within the Bundle.
 
+Disclosure (42 CFR Part 2): ``$document`` takes an optional ``recipient`` (an Organization)
+and ``purpose`` (v3-ActReason); a partner's client is itself the recipient. What the
+client's consent does not let that recipient see is withheld and the document says so, the
+Bundle carries its high-water mark confidentiality and, when Part 2 data goes out, the
+redisclosure notice: see ``fhirgw.security.disclosure``.
+
 Privacy: the walk does not pull in other clients' records. A resource reached only
 transitively (not named by the Composition itself) that is another Patient, or that refers
 to a Patient other than the document's subject (e.g. a group session Appointment reached
@@ -30,7 +36,10 @@ from collections import deque
 from datetime import datetime, timezone
 
 from ..model.datatypes import cc_text, person_name
-from ..model.errors import Gone, NotFound, Unprocessable
+from ..model.errors import BadRequest, Forbidden, Gone, NotFound, Unprocessable
+from ..security import principal as principals
+from ..security.disclosure import (NOTHING_TEXT, Disclosure, NothingToDisclose,
+                                   confidentiality_label, confidentiality_of)
 from ..store.repository import Tx
 
 XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -133,24 +142,6 @@ def _now_instant() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def confidentiality_of(resources: list[dict]) -> str | None:
-    """The most restrictive v3-Confidentiality code among the resources' meta.security."""
-    best = None
-    for body in resources:
-        for label in ((body.get("meta") or {}).get("security") or ()):
-            if label.get("system") == CONFIDENTIALITY_SYSTEM and \
-                    label.get("code") in CONFIDENTIALITY_ORDER:
-                if best is None or (CONFIDENTIALITY_ORDER.index(label["code"])
-                                    > CONFIDENTIALITY_ORDER.index(best)):
-                    best = label["code"]
-    return best
-
-
-def confidentiality_label(code: str) -> dict:
-    return {"system": CONFIDENTIALITY_SYSTEM, "code": code,
-            "display": CONFIDENTIALITY_DISPLAY.get(code, code)}
-
-
 def gather(tx: Tx, composition: dict, comp_ref: tuple[str, str], *, base: str
            ) -> list[tuple[str, str, dict]]:
     """The Composition and every local resource it references, transitively, as
@@ -218,10 +209,57 @@ def assemble(tx: Tx, composition: dict, comp_id: str, *, base: str) -> dict:
     return bundle
 
 
-def build_document(tx: Tx, composition_id: str, *, base: str) -> dict:
-    """``Composition/[id]/$document``: the document for a stored Composition."""
+def _recipient(value: str | None, base: str) -> str | None:
+    """``Organization/x`` from the ``recipient`` parameter (relative or on our base)."""
+    if not value:
+        return None
+    parsed = parse_reference(value, base.rstrip("/"))
+    if parsed is None or parsed[0] != "Organization" or parsed[2] is not None:
+        raise BadRequest("parameter 'recipient' must reference an Organization on this "
+                         "server (Organization/[id])", expression="recipient")
+    return f"Organization/{parsed[1]}"
+
+
+def _purpose(value: str | None) -> str | None:
+    """A v3-ActReason code, given as ``CODE`` or ``system|CODE``."""
+    if not value:
+        return None
+    system, _, code = value.rpartition("|")
+    if (system and system != principals.PURPOSE_SYSTEM) or not code.isalnum():
+        raise BadRequest("parameter 'purpose' must be a v3-ActReason code such as TREAT",
+                         expression="purpose")
+    return code
+
+
+def build_document(tx: Tx, composition_id: str, *, base: str, recipient: str | None = None,
+                   purpose: str | None = None) -> dict:
+    """``Composition/[id]/$document``: the document for a stored Composition, as disclosed
+    to ``recipient`` (an Organization) for ``purpose`` (v3-ActReason, default TREAT).
+
+    A partner's client is always the recipient itself (naming another is refused), with
+    the purpose of use of its access token. Internal callers without a recipient get the
+    whole document (use within the program), still with the Bundle's high-water mark
+    confidentiality and, when it holds Part 2 data, the redisclosure notice
+    (``security.disclosure``)."""
+    recipient = _recipient(recipient, base)
+    purpose = _purpose(purpose)
+    who = principals.current()
+    if who is not None and who.organization is not None:
+        if recipient is not None and recipient != who.organization:
+            raise Forbidden("A partner receives documents for itself only: 'recipient' "
+                            "must be its own Organization or left out")
+        if purpose is not None and purpose != who.purpose:
+            raise Forbidden("A partner's purpose of use is that of its access token")
+        recipient, purpose = who.organization, who.purpose
+    if purpose is None:
+        purpose = who.purpose if who is not None else "TREAT"
     stored = tx.read("Composition", composition_id)
-    return assemble(tx, stored.resource(), stored.res_id, base=base)
+    bundle = assemble(tx, stored.resource(), stored.res_id, base=base)
+    try:
+        return Disclosure(tx, recipient, purpose).document(bundle)
+    except NothingToDisclose:
+        raise Unprocessable(f"The document cannot be disclosed: {NOTHING_TEXT}",
+                            code="suppressed") from None
 
 
 # ---------------------------------------------------------------- HTML

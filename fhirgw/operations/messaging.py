@@ -7,6 +7,14 @@ the client's active MedicationRequests and MedicationStatements, the Patient red
 minimum necessary, and the prescribers. It is validated against the IOP handoff profile,
 stored (as a Bundle, for the delivery worker to send) and returned.
 
+The recipient Organization is the disclosure's recipient (42 CFR Part 2, see
+``fhirgw.security.disclosure``): medications labelled for Part 2 (e.g. buprenorphine) are
+left out unless the client's consent permits that recipient, references to what is left
+out are removed, and the Bundle's meta says that information was withheld (never what).
+When nothing is left to hand off the answer is 422 with an OperationOutcome that does not
+reveal what was withheld. The worker sends the stored message through the same filter
+again at send time, so a consent revoked meanwhile still stops it.
+
 ``$process-message`` receives a message Bundle from a partner (a pharmacy's
 MedicationDispense, a handoff from another program): its resources are upserted by business
 identifier (or created), with links between entries rewritten, and a response message is
@@ -23,6 +31,8 @@ from datetime import datetime, timezone
 from ..model.errors import BadRequest, FhirError, Unprocessable, operation_outcome
 from ..model.references import local_id, rewrite_links
 from ..model.resources import SUPPORTED
+from ..security import principal as principals
+from ..security.disclosure import NOTHING_TEXT, Disclosure
 from .params import Params
 
 EVENT_SYSTEM = "http://fhirgw.dev/fhir/CodeSystem/iop-message-event"
@@ -64,6 +74,15 @@ def medication_handoff(tx, patient_id: str, params, *, base: str, settings) -> d
     if not requests and not statements:
         raise Unprocessable(f"Patient/{patient_id} has no active MedicationRequest or "
                             "MedicationStatement to hand off", expression="Patient")
+    # 42 CFR Part 2: the recipient sees what the client's consent lets it see
+    who = principals.current()
+    disclosure = Disclosure(tx, f"Organization/{org_id}", who.purpose if who else "TREAT")
+    kept = disclosure.filter(requests + statements)
+    requests = [b for b in kept if b.get("resourceType") == "MedicationRequest"]
+    statements = [b for b in kept if b.get("resourceType") == "MedicationStatement"]
+    if not requests and not statements:
+        raise Unprocessable(f"Patient/{patient_id}: {NOTHING_TEXT}", code="suppressed",
+                            expression="Patient")
     prescribers: dict[str, dict] = {}
     for mr in requests:
         for rtype in ("Practitioner", "PractitionerRole", "Organization"):
@@ -104,11 +123,11 @@ def medication_handoff(tx, patient_id: str, params, *, base: str, settings) -> d
     entries += [_entry(base, "MedicationRequest", m) for m in requests]
     entries += [_entry(base, "MedicationStatement", m) for m in statements]
     entries += [_entry(base, ref.split("/")[0], body) for ref, body in prescribers.items()]
-    bundle = {
+    bundle = disclosure.finish_bundle({
         "resourceType": "Bundle", "meta": {"profile": [HANDOFF_PROFILE]},
         "identifier": {"system": settings.identifier_system, "value": str(uuid.uuid4())},
         "type": "message", "timestamp": _now(), "entry": entries,
-    }
+    })
     return tx.create("Bundle", bundle).stored.resource()
 
 

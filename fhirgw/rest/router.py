@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
@@ -18,7 +18,10 @@ from ..config import Settings
 from ..model import resources as res
 from ..model.errors import (BadRequest, MethodNotAllowed, NotFound,
                             UnsupportedMediaType)
+from ..model.errors import FhirError
 from ..security.access import authorize, guard_read, require
+from ..security.audit import (check_append_only, denied_event, interaction_for, patients_of,
+                              reset_interaction, rest_event, set_interaction)
 from ..security.principal import reset_current, set_current
 from ..store.repository import Repository, Stored, Tx, WriteResult, parse_etag
 from . import render
@@ -75,6 +78,9 @@ class RestResponse:
     headers: dict[str, str] = field(default_factory=dict)
     #: for Bundle entries: the stored version behind this response
     stored: Stored | None = None
+    #: what else the response shows (type, id, body): search matches, document entries;
+    #: for the audit trail
+    seen: list = field(default_factory=list)
     #: None means application/fhir+json
     media_type: str | None = None
 
@@ -134,6 +140,8 @@ class Router:
         self._capability = capability_statement
         #: (search registry version, CapabilityStatement bytes): rebuilt when parameters change
         self._capability_cache: tuple[int, bytes] | None = None
+        #: where read/search/denied AuditEvents go (security.audit.AuditTrail); None: nowhere
+        self.audit = None
 
     # ------------------------------------------------------------ dispatch
 
@@ -143,12 +151,57 @@ class Router:
             for watcher in self.watchers:  # definitions changed by another process
                 watcher.maybe_refresh()
         name, params = self.match(req.method, req.path)
-        authorize(req.principal, name, params, req)
+        interaction = _interaction(name, req)
+        itoken = set_interaction(interaction) if tx is None else None
         token = set_current(req.principal)
         try:
-            return getattr(self, name)(req, tx, **params)
+            try:
+                authorize(req.principal, name, params, req)
+                if params.get("type") == "AuditEvent":
+                    check_append_only("AuditEvent", interaction, instance="id" in params)
+            except FhirError as exc:
+                self._audit(denied_event(req.principal, interaction, exc.status,
+                                         resource_refs=_refs(params),
+                                         reason=exc.issues[0].diagnostics))
+                raise
+            try:
+                resp = getattr(self, name)(req, tx, **params)
+            except FhirError as exc:
+                self._audit(rest_event(req.principal, interaction, exc.status,
+                                       resource_refs=_refs(params)))
+                raise
+            if name not in WRITES:  # writes are audited in their own transaction (AuditRule)
+                self._audit_response(req, interaction, params, resp)
+            return resp
         finally:
             reset_current(token)
+            if itoken is not None:
+                reset_interaction(itoken)
+
+    def _audit(self, event: dict) -> None:
+        if self.audit is not None:
+            self.audit.record(event)
+
+    def _audit_response(self, req: RestRequest, interaction: str, params: dict,
+                        resp: RestResponse) -> None:
+        if self.audit is None or interaction == "capabilities":
+            return
+        refs: list[str] = []
+        patients: set[str] = set()
+        if resp.stored is not None:
+            refs.append(resp.stored.ref)
+            patients |= patients_of(resp.stored.body)
+        for rtype, rid, body in resp.seen:
+            refs.append(f"{rtype}/{rid}")
+            patients |= patients_of(body)
+        if not refs:
+            refs = _refs(params)
+        query = None
+        if interaction.startswith("search"):
+            query = "?".join(p for p in (req.path.strip("/"), urlencode(req.search_items)) if p)
+        self.audit.record(rest_event(req.principal, interaction, resp.status,
+                                     resource_refs=refs, patient_refs=sorted(patients),
+                                     query=query))
 
     def match(self, method: str, path: str) -> tuple[str, dict[str, str]]:
         """(handler name, path variables) of a request, or the FhirError it gets."""
@@ -415,13 +468,17 @@ class Router:
     @route("GET", "Composition/{id}/$document", operation="document")
     def document(self, req, tx, id):
         from ..operations.document import build_document, render_html
-        bundle = self._run(tx, lambda t: build_document(t, id, base=req.base), False)
+        bundle = self._run(tx, lambda t: build_document(
+            t, id, base=req.base, recipient=req.param("recipient"),
+            purpose=req.param("purpose")), False)
         for rtype in sorted({e["resource"]["resourceType"] for e in bundle.get("entry") or []}):
             require(req.principal, rtype, "r", f"read the {rtype} in this document")
+        seen = [(e["resource"]["resourceType"], e["resource"].get("id"), e["resource"])
+                for e in bundle.get("entry") or []]
         if req.format == "html":
             return RestResponse(200, render_html(bundle).encode(), {},
-                                media_type="text/html; charset=utf-8")
-        return RestResponse(200, orjson.dumps(bundle, default=res._default), {})
+                                media_type="text/html; charset=utf-8", seen=seen)
+        return RestResponse(200, orjson.dumps(bundle, default=res._default), {}, seen=seen)
 
     @route("POST", "Composition/{id}/$document", operation="document")
     def document_post(self, req, tx, id):
@@ -497,6 +554,30 @@ class Router:
     def _search(self, req: RestRequest, tx, types, type_for_parse, items, compartment=None):
         from .search import search_response
         return search_response(self, req, tx, types, type_for_parse, items, compartment)
+
+
+#: handlers whose writes AuditRule records inside their own transaction
+WRITES = frozenset({"create", "update", "patch", "delete", "conditional_update",
+                    "conditional_delete", "bundle", "discharge", "schedule",
+                    "medication_handoff", "process_message"})
+
+
+def _interaction(name: str, req: RestRequest) -> str:
+    if name == "bundle":
+        try:
+            body = req.json()
+        except FhirError:
+            return "batch"
+        return "transaction" if isinstance(body, dict) and \
+            body.get("type") == "transaction" else "batch"
+    return interaction_for(name)
+
+
+def _refs(params: dict) -> list[str]:
+    rtype = params.get("type")
+    if rtype and params.get("id"):
+        return [f"{rtype}/{params['id']}"]
+    return []
 
 
 def _entry_types(bundle) -> set[str]:

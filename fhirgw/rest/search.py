@@ -53,7 +53,8 @@ def search_response(router, req, tx, types, type_for_parse, items, compartment=N
     page = router._run(tx, run, False)
     if router.custom is not None:
         page.issues.extend(router.custom.warnings_for(query))
-    return RestResponse(200, searchset(req, page, query), {})
+    return RestResponse(200, searchset(req, page, query), {},
+                        seen=page.matches + page.included)
 
 
 def searchset(req, page, query) -> bytes:

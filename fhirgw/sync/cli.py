@@ -44,12 +44,14 @@ def _repo(settings):
     from ..app import _default_search_engine
     from ..store.db import make_engine, migrate
     from ..store.repository import Repository
+    from ..security import SecurityLabels
     from ..workflows import rules as workflow_rules
 
     eng = make_engine(settings.database_url, pool_size=8)
     migrate(eng)
     repo = Repository(eng, _default_search_engine(settings))
     repo.rules.extend(workflow_rules(settings))
+    repo.rules.append(SecurityLabels())  # what the poller writes is labelled like the rest
     return repo
 
 
@@ -78,19 +80,25 @@ def worker(database: str = DATABASE, config: str = CONFIG,
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if once:
-        w.drain()
-        if poll:
-            w.poller.run_once(force=True)
+    from ..security.audit import AuditTrail, install_rule
+    install_rule(repo)           # the poller's writes, in their transaction
+    w.audit = AuditTrail(repo)   # deliveries: disclosure AuditEvents
+    try:
+        if once:
+            w.drain()
+            if poll:
+                w.poller.run_once(force=True)
+            w.stop()
+            return
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        w.start()
+        typer.echo(f"fhirgw worker: database {settings.database_url.split('@')[-1]}")
+        done.wait()
         w.stop()
-        return
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    w.start()
-    typer.echo(f"fhirgw worker: database {settings.database_url.split('@')[-1]}")
-    done.wait()
-    w.stop()
+    finally:
+        w.audit.close()
 
 
 @outbox_app.command("list")

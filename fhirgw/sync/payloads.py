@@ -2,16 +2,32 @@
 to the same referral is then sent once, not replayed version by version).
 
 * ``referral``: one transaction Bundle of conditional writes by business identifier:
-  ``PUT Patient?identifier=…`` (the minimum necessary), ``PUT ServiceRequest?identifier=…``
-  and the Task (``PUT Task?identifier=…`` while the requester owns its status: draft,
-  cancelled, entered-in-error; ``POST Task`` with ``ifNoneExist`` once the partner owns it,
-  so a re-send never rolls the partner's status back). Links between the three are
-  ``urn:uuid:`` fullUrls, other local references become absolute URLs on our base.
+  ``PUT Patient?identifier=…`` (the minimum necessary), the clinical context of the
+  referral (the resources its ``reasonReference`` and ``supportingInfo`` name: local, about
+  the same client; ``PUT Type?identifier=…``, with an identifier derived from our base and
+  id when they have none), ``PUT ServiceRequest?identifier=…`` and the Task (``PUT
+  Task?identifier=…`` while the requester owns its status: draft, cancelled,
+  entered-in-error; ``POST Task`` with ``ifNoneExist`` once the partner owns it, so a re-send
+  never rolls the partner's status back). Links between them are ``urn:uuid:`` fullUrls,
+  other local references become absolute URLs on our base.
 * ``message``: the stored message Bundle, to ``$process-message``.
 * ``document``: the stored document Bundle, ``PUT Bundle?identifier=…``.
 * ``resource``: the resource, ``PUT Type?identifier=…`` (or ``PUT Type/id`` without one).
 
-The partner's mapping is applied to every resource before it is bundled.
+Disclosure (42 CFR Part 2, ``fhirgw.security.disclosure``): the recipient is the partner's
+Organization (every Organization whose ``endpoint`` is the partner's Endpoint), the purpose
+``TREAT``. Every payload goes through ``Disclosure``: resources labelled for Part 2 go only
+when an active Consent of the client permits that Organization; what is withheld is left
+out, references to it are removed, and the Bundle's meta says that something was withheld
+(and carries the high-water mark confidentiality and, when Part 2 data goes, the
+redisclosure notice). Messages and documents are filtered entry by entry (documents as
+``Disclosure.document`` redacts them). Because payloads are built at send time, revoking a
+Consent stops deliveries already queued. When what a delivery is for cannot go (the
+referral's ServiceRequest, a message's focus, a document's Composition, the resource
+itself) it dead-letters with a reason that names nothing withheld.
+
+The partner's mapping is applied to every resource before it is bundled (after the
+disclosure filter).
 """
 from __future__ import annotations
 
@@ -23,6 +39,8 @@ from urllib.parse import quote
 from ..model.errors import FhirError
 from ..model.references import local_id
 from ..operations.messaging import PATIENT_MINIMUM
+from ..security.consent import patient_of
+from ..security.disclosure import NOTHING_TEXT, Disclosure, NothingToDisclose, ref_of
 from .mapping import Mapping, MappingError
 from .partners import Partner, organization_partner
 from .routing import _REL
@@ -52,6 +70,9 @@ class Payload:
     track: list[tuple[str, int]] = field(default_factory=list)
     #: local refs of tasks that are already terminal (link closed)
     closed: set[str] = field(default_factory=set)
+    #: what goes out (local ``Type/id``) and whom it concerns (``Patient/x``): the audit
+    disclosed: list[str] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)
 
 
 def _urn(ref: str) -> str:
@@ -188,6 +209,7 @@ class Reader:
                     if sr_id:
                         more.append(f"ServiceRequest/{sr_id}")
             self._fetch(more)
+            self._fetch([r for k in keys + more for r in context_refs(self.bodies.get(k))])
             patients = []
             for k in keys + more:
                 body = self.bodies.get(k)
@@ -198,6 +220,58 @@ class Reader:
             self._fetch(patients)
         except FhirError:
             pass
+
+
+def context_refs(sr: dict | None) -> list[str]:
+    """Local ``Type/id`` references of a ServiceRequest's ``reasonReference`` and
+    ``supportingInfo`` (the clinical context a referral carries)."""
+    if not sr or sr.get("resourceType") != "ServiceRequest":
+        return []
+    out = []
+    for item in list(sr.get("reasonReference") or []) + list(sr.get("supportingInfo") or []):
+        ref = item.get("reference") if isinstance(item, dict) else None
+        if isinstance(ref, str) and _REL.match(ref) and ref not in out and \
+                ref.split("/")[0] not in ("Patient", "ServiceRequest", "Task"):
+            out.append(ref)
+    return out
+
+
+def _about_only(body: dict, patient: str) -> bool:
+    """Is ``body`` about ``patient`` and no other client?"""
+    if patient_of(body) != patient:
+        return False
+    stack: list = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref.startswith("Patient/") and ref != patient:
+                return False
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return True
+
+
+def recipients(tx, partner: Partner) -> tuple[str, ...]:
+    """The Organizations a delivery to ``partner`` discloses to: its own, or every one
+    whose ``endpoint`` is the partner's Endpoint (cached per transaction)."""
+    if partner.organization:
+        return (partner.organization,)
+    cache = tx.__dict__.setdefault("_sync_recipients_cache", {})
+    found = cache.get(partner.endpoint_id)
+    if found is None:
+        found = tuple(f"Organization/{s.res_id}" for s in
+                      tx.search("Organization", [("endpoint", f"Endpoint/{partner.endpoint_id}")],
+                                limit=100))
+        cache[partner.endpoint_id] = found
+    return found
+
+
+def disclosure(tx, partner: Partner, reader: Reader | None = None) -> Disclosure:
+    """The disclosure of one delivery to ``partner`` (purpose TREAT)."""
+    return Disclosure(tx, recipients(tx, partner), "TREAT",
+                      read=reader.read if reader is not None else None)
 
 
 def _map(mapping: Mapping, body: dict, what: str) -> dict:
@@ -240,16 +314,35 @@ def referral(tx, res_key: str, partner: Partner, mapping: Mapping, base: str,
                                      {"system": identifier_system,
                                       "value": str(uuid.uuid5(_NS, f"{base}/Patient/{pat_id}"))}]
         included.append((f"Patient/{pat_id}", minimal))
+    context = []
+    if sr is not None and pat_id:
+        for ref in context_refs(sr):
+            found = reader.read(ref)
+            if found is not None and _about_only(found, f"Patient/{pat_id}"):
+                context.append(ref)
+                included.append((ref, found))
     if sr is not None:
         included.append((sr_ref, sr))
     for ref, t in tasks:
         included.append((ref, t))
+
+    # 42 CFR Part 2: only what the client's consent lets this partner see
+    disclosed = disclosure(tx, partner, reader)
+    kept = {r: b for b in disclosed.filter({**b, "id": ref.split("/", 1)[1]}
+                                           for ref, b in included) if (r := ref_of(b))}
+    if sr is not None and sr_ref not in kept:
+        raise PayloadError(f"{res_key}: the referral cannot be sent: {NOTHING_TEXT}")
+    if not any(ref.startswith(("ServiceRequest/", "Task/")) for ref in kept):
+        raise PayloadError(f"{res_key}: the referral cannot be sent: {NOTHING_TEXT}")
+    included = [(ref, kept[ref]) for ref, _b in included if ref in kept]
     for ref, _b in included:
         links[ref] = _urn(ref)
     entries = []
     payload = Payload("POST", "", None, "referral")
     for ref, body in included:
         t = ref.split("/")[0]
+        if ref in context:
+            body = _identified(body, ref, base, identifier_system)
         mapped = _map(mapping, _outgoing(body, links, base), ref)
         cond = _condition(mapped, ref)
         entry = {"fullUrl": links[ref], "resource": mapped}
@@ -262,14 +355,32 @@ def referral(tx, res_key: str, partner: Partner, mapping: Mapping, base: str,
             if body.get("status") in TERMINAL:
                 payload.closed.add(ref)
         entries.append(entry)
-    payload.body = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    payload.body = disclosed.finish_bundle({"resourceType": "Bundle", "type": "transaction",
+                                            "entry": entries})
+    payload.disclosed = [ref for ref, _b in included]
+    if pat_id:
+        payload.patients = {f"Patient/{pat_id}"}
     return payload
+
+
+def _identified(body: dict, ref: str, base: str, identifier_system: str) -> dict:
+    """``body`` with a business identifier: its own, else one derived from our base and its
+    id (stable across sends, like the Patient's)."""
+    if any(isinstance(i, dict) and i.get("system") and i.get("value")
+           for i in body.get("identifier") or []):
+        return body
+    derived = {"system": identifier_system, "value": str(uuid.uuid5(_NS, f"{base}/{ref}"))}
+    return {**body, "identifier": [*(body.get("identifier") or []), derived]}
 
 
 def message(tx, res_key: str, partner: Partner, mapping: Mapping) -> Payload:
     bundle = _read(tx, res_key)
     if bundle is None:
         raise NothingToSend(f"{res_key} no longer exists")
+    try:
+        bundle = disclosure(tx, partner).message(bundle)
+    except NothingToDisclose:
+        raise PayloadError(f"{res_key}: the message cannot be sent: {NOTHING_TEXT}") from None
     out = _strip_identity(bundle)
     try:
         out = mapping.apply_all(out, "out")
@@ -286,6 +397,10 @@ def document(tx, res_key: str, partner: Partner, mapping: Mapping) -> Payload:
     ident = bundle.get("identifier") or {}
     if not ident.get("system") or not ident.get("value"):
         raise PayloadError(f"{res_key} has no Bundle.identifier to write it idempotently")
+    try:
+        bundle = disclosure(tx, partner).document(bundle)
+    except NothingToDisclose:
+        raise PayloadError(f"{res_key}: the document cannot be sent: {NOTHING_TEXT}") from None
     out = _strip_identity(bundle)
     try:
         out = mapping.apply_all(out, "out")
@@ -300,6 +415,10 @@ def resource(tx, res_key: str, partner: Partner, mapping: Mapping, base: str) ->
     body = _read(tx, res_key)
     if body is None:
         raise NothingToSend(f"{res_key} no longer exists")
+    kept = disclosure(tx, partner).filter([body])
+    if not kept:
+        raise PayloadError(f"{res_key} cannot be sent: {NOTHING_TEXT}")
+    body = kept[0]
     t, _, rid = res_key.partition("/")
     mapped = _map(mapping, _outgoing(body, {}, base), res_key)
     try:

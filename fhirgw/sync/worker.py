@@ -135,6 +135,11 @@ class _PartnerState:
             c.close()
 
 
+#: how each kind of delivery is sent, as the AuditEvent subtype
+_SUBTYPE = {"referral": "transaction", "message": "operation", "document": "update",
+            "resource": "update"}
+
+
 class Worker:
     def __init__(self, repo: Repository, config: SyncConfig, settings, *,
                  poll: bool = True, name: str = "sync") -> None:
@@ -155,6 +160,8 @@ class Worker:
         from .poller import Poller
         self.poller = Poller(self)
         self.stats = {"sent": 0, "retried": 0, "dead": 0, "rounds": 0}
+        #: where disclosure AuditEvents go (security.audit.AuditTrail); None: nowhere
+        self.audit = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -339,7 +346,22 @@ class Worker:
 
     def _send(self, g: ob.Claimed, partner: Partner, st: _PartnerState, payload
               ) -> ob.Outcome:
-        return self._judge(g, st, payload, self._call(st, partner, payload))
+        outcome = self._judge(g, st, payload, self._call(st, partner, payload))
+        self._audit(g, partner, payload, outcome)
+        return outcome
+
+    def _audit(self, g: ob.Claimed, partner: Partner, payload, outcome: ob.Outcome) -> None:
+        """A disclosure AuditEvent for what reached the partner."""
+        if self.audit is None or outcome.status != "sent":
+            return
+        from ..security.audit import disclosure_event
+        refs = list(dict.fromkeys([g.res_key, *getattr(payload, "disclosed", ())]))
+        self.audit.record(disclosure_event(
+            None, partner.organization or f"Endpoint/{partner.endpoint_id}",
+            outcome.response_status or 200, recipient_name=partner.name or None,
+            partner=partner.key, address=partner.address, resource_refs=refs,
+            patient_refs=sorted(getattr(payload, "patients", ())),
+            interaction=_SUBTYPE.get(payload.kind, "operation"), purpose="TREAT"))
 
     def _judge(self, g: ob.Claimed, st: _PartnerState, payload, result: Result,
                response=None) -> ob.Outcome:
@@ -361,6 +383,7 @@ class Worker:
     def _send_together(self, unit: list[tuple]) -> list[ob.Outcome]:
         """Several referrals to one partner as one transaction; if the partner refuses it,
         each is sent alone (so one bad referral dead-letters alone)."""
+        from ..security.disclosure import merge_meta
         from .payloads import Payload
 
         g0, partner, st, _p = unit[0]
@@ -375,8 +398,11 @@ class Worker:
                     entries.append(e)
                 index.append(where[e["fullUrl"]])
             offsets.append(index)
-        combined = Payload("POST", "", {"resourceType": "Bundle", "type": "transaction",
-                                        "entry": entries}, "referral")
+        combined_body = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        meta = merge_meta(payload.body for _g, _pa, _st, payload in unit)
+        if meta:  # the Part 2 high-water mark and notices of every referral in it
+            combined_body["meta"] = meta
+        combined = Payload("POST", "", combined_body, "referral")
         result = self._call(st, partner, combined)
         if result.permanent:
             return [self._send(*item) for item in unit]
@@ -385,6 +411,7 @@ class Worker:
         for (g, _pa, _st, payload), index in zip(unit, offsets):
             sub = {"entry": [resp_entries[i] if i < len(resp_entries) else {} for i in index]}
             out.append(self._judge(g, st, payload, result, sub))
+            self._audit(g, partner, payload, out[-1])
         return out
 
     def _retry(self, g: ob.Claimed, cfg: PartnerConfig, result: Result) -> ob.Outcome:

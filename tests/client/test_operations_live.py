@@ -22,7 +22,7 @@ def test_discharge_and_handoff_through_the_sdk(client):
     client.create(CarePlan(status="active", intent="plan", subject={"reference": f"Patient/{pat.id}"},
                            category=[{"coding": [{"system": PLAN_TYPE, "code": "relapse-prevention-plan"}]}]))
     client.create(MedicationRequest(status="active", intent="order", subject={"reference": f"Patient/{pat.id}"},
-                                    medicationCodeableConcept={"text": "naltrexone 50 mg"}))
+                                    medicationCodeableConcept={"text": "sertraline 50 mg"}))
     doc = client.discharge(ep, follow_up="biweekly", count=3, date=date(2026, 4, 1))
     assert isinstance(doc, Bundle) and doc.type == "document"
     assert doc.entry[0].resource.__resource_type__ == "Composition"

@@ -48,7 +48,12 @@ def test_medication_handoff_builds_and_stores_a_message(client):
     assert header["destination"][0]["receiver"]["reference"] == f"Organization/{pharmacy['id']}"
     assert header["focus"] == [{"reference": f"MedicationRequest/{mr['id']}"}]
     types = [e["resource"]["resourceType"] for e in b["entry"]]
-    assert types == ["MessageHeader", "Patient", "MedicationRequest", "MedicationStatement", "Practitioner"]
+    # naltrexone is a 42 CFR Part 2 medication and the pharmacy has no consent: withheld,
+    # and the message says something was, without saying what
+    assert types == ["MessageHeader", "Patient", "MedicationRequest", "Practitioner"]
+    notices = [x["url"] for x in b["meta"].get("extension", [])]
+    assert "http://fhirgw.dev/fhir/StructureDefinition/information-withheld" in notices
+    assert "naltrexone" not in r.text
     minimal = b["entry"][1]["resource"]
     assert "maritalStatus" not in minimal and "contact" not in minimal
     assert minimal["name"][0]["family"] == "Nguyen"
