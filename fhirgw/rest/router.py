@@ -20,8 +20,9 @@ from ..model.errors import (BadRequest, MethodNotAllowed, NotFound,
                             UnsupportedMediaType)
 from ..model.errors import FhirError
 from ..security.access import authorize, guard_read, require
-from ..security.audit import (check_append_only, denied_event, interaction_for, patients_of,
-                              reset_interaction, rest_event, set_interaction)
+from ..security.audit import (check_append_only, denied_event, disclosure_event,
+                              interaction_for, patients_of, reset_interaction, rest_event,
+                              set_interaction)
 from ..security.principal import reset_current, set_current
 from ..store.repository import Repository, Stored, Tx, WriteResult, parse_etag
 from . import render
@@ -475,6 +476,15 @@ class Router:
             require(req.principal, rtype, "r", f"read the {rtype} in this document")
         seen = [(e["resource"]["resourceType"], e["resource"].get("id"), e["resource"])
                 for e in bundle.get("entry") or []]
+        recipient = req.param("recipient")
+        if recipient and self.audit is not None:  # a disclosure, not only a read
+            patients: set[str] = set()
+            for _t, _i, body in seen:
+                patients |= patients_of(body)
+            self.audit.record(disclosure_event(
+                req.principal, recipient, 200, resource_refs=[f"{t}/{i}" for t, i, _b in seen],
+                patient_refs=sorted(patients), interaction="operation",
+                purpose=req.param("purpose")))
         if req.format == "html":
             return RestResponse(200, render_html(bundle).encode(), {},
                                 media_type="text/html; charset=utf-8", seen=seen)

@@ -342,3 +342,59 @@ def test_audit_records_are_append_only(world):
         {"request": {"method": "DELETE", "url": f"AuditEvent/{event['id']}"}}]}
     assert world.call("admin", "POST", "", bundle).status_code == 405
     assert world.call("admin", "GET", f"AuditEvent/{event['id']}").status_code == 200
+
+
+def test_partner_reads_part2_data_only_with_the_clients_consent(world):
+    def put(path, body):
+        r = world.call("admin", "PUT", path, body)
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    put("Patient/p9", {"resourceType": "Patient", "id": "p9", "name": [{"family": "Nine"}]})
+    sr = put("ServiceRequest/sr9", {
+        "resourceType": "ServiceRequest", "id": "sr9", "status": "active", "intent": "order",
+        "subject": {"reference": "Patient/p9"},
+        "reasonCode": [{"coding": [{"system": ICD10, "code": "F11.20"}]}]})
+    assert any(t["code"] == "42CFRPart2" for t in sr["meta"]["security"])
+    put("Task/t9", {"resourceType": "Task", "id": "t9", "status": "requested",
+                    "intent": "order", "focus": {"reference": "ServiceRequest/sr9"},
+                    "for": {"reference": "Patient/p9"},
+                    "owner": {"reference": "Organization/partner-org"}})
+    # no consent: the SUD referral does not exist for the partner, by read or by search
+    assert world.call("partner", "GET", "ServiceRequest/sr9").status_code == 404
+    found = world.call("partner", "GET", "ServiceRequest?_id=sr9").json()
+    assert not [e for e in found.get("entry", [])
+                if e["resource"]["resourceType"] == "ServiceRequest"]
+    assert world.call("reader", "GET", "ServiceRequest/sr9").status_code == 200  # internal
+    consent = {"resourceType": "Consent", "id": "consent9", "status": "active",
+               "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                               "consentscope", "code": "patient-privacy"}]},
+               "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+               "patient": {"reference": "Patient/p9"},
+               "provision": {"type": "permit",
+                             "actor": [{"role": {"coding": [{
+                                 "system": "http://terminology.hl7.org/CodeSystem/"
+                                           "v3-ParticipationType", "code": "IRCP"}]},
+                                 "reference": {"reference": "Organization/partner-org"}}],
+                             "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                    "v3-ActReason", "code": "TREAT"}]}}
+    put("Consent/consent9", consent)
+    assert world.call("partner", "GET", "ServiceRequest/sr9").status_code == 200
+    put("Consent/consent9", {**consent, "status": "inactive"})  # revoked: at once
+    assert world.call("partner", "GET", "ServiceRequest/sr9").status_code == 404
+
+
+def test_a_document_for_a_recipient_is_audited_as_a_disclosure(world):
+    r = world.call("admin", "PUT", "Composition/doc1", {
+        "resourceType": "Composition", "id": "doc1", "status": "final",
+        "type": {"text": "Discharge summary"}, "date": "2026-04-01",
+        "subject": {"reference": "Patient/p2"}, "author": [{"display": "IOP"}],
+        "title": "Discharge summary",
+        "section": [{"title": "Plan", "text": {"status": "generated",
+                                               "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">ok</div>"}}]})
+    assert r.status_code in (200, 201), r.text
+    r = world.call("admin", "GET", "Composition/doc1/$document?recipient=Organization/other-org")
+    assert r.status_code == 200, r.text
+    events = _audit(world, "type=http://dicom.nema.org/resources/ontology/DCM|110106")
+    assert any(a.get("who", {}).get("reference") == "Organization/other-org"
+               for e in events for a in e["agent"])
