@@ -1,9 +1,16 @@
-"""Shared pieces of the benchmarks: servers in subprocesses, throwaway databases, results."""
+"""Shared pieces of the benchmarks: servers in subprocesses, throwaway databases, results.
+
+The gateway runs with auth on, as in production: ``gateway()`` takes the admin client that
+``fhirgw serve`` prints on its first start (or, on a database that already has clients,
+registers a ``bench`` client in it) and gets access tokens from the gateway's own
+``POST /auth/token``, like any API client (``gw.headers``, ``gw.auth()``)."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -59,6 +66,7 @@ def server(args: list[str], ready_url: str, env: dict | None = None, log_name: s
             log.seek(0)
             sys.stderr.write(log.read()[-4000:])
             raise
+        proc.log_path = log.name  # type: ignore[attr-defined]
         yield proc
     finally:
         proc.terminate()
@@ -86,9 +94,77 @@ def _cli_has_serve() -> bool:
     return False
 
 
+#: what the benchmarks' client may do (the first-start admin client's scopes)
+BENCH_SCOPE = "system/*.cruds fhirgw/admin"
+
+
+class Gateway:
+    """A running ``fhirgw serve``: ``base`` (FHIR base URL), ``proc``, and an API client's
+    credentials. ``base, proc = gw`` still works (it iterates as the pair)."""
+
+    def __init__(self, base: str, proc, client_id: str, secret: str) -> None:
+        self.base = base
+        self.proc = proc
+        self.client_id = client_id
+        self.secret = secret
+        self.token_url = base.rsplit("/fhir", 1)[0] + "/auth/token"
+        self._token: tuple[float, float, str] | None = None   # (got at, lifetime, token)
+
+    def __iter__(self):
+        return iter((self.base, self.proc))
+
+    def token(self) -> str:
+        """An access token from the gateway's token endpoint (client_secret_basic), reused
+        until half its lifetime is gone."""
+        now = time.monotonic()
+        if self._token is None or now - self._token[0] > self._token[1] / 2:
+            basic = base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
+            r = httpx.post(self.token_url, data={"grant_type": "client_credentials"},
+                           headers={"Authorization": f"Basic {basic}"}, timeout=30)
+            if r.status_code != 200:
+                raise RuntimeError(f"token request refused: {r.status_code} {r.text[:300]}")
+            got = r.json()
+            self._token = (now, float(got.get("expires_in") or 300), got["access_token"])
+        return self._token[2]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization: Bearer <token>`` (a fresh-enough token each time it is read)."""
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def auth(self):
+        """An httpx Auth that fetches and renews tokens itself (the SDK's
+        ``ClientCredentials``), for long runs."""
+        from fhirgw.client import ClientCredentials
+
+        return ClientCredentials(self.token_url, self.client_id, self.secret)
+
+
+def _first_start_credentials(log_path: str) -> tuple[str, str] | None:
+    """The admin client ``fhirgw serve`` printed on its first start (empty database)."""
+    text = Path(log_path).read_text(errors="replace")
+    cid = re.search(r"^\s*client_id:\s+(\S+)\s*$", text, re.M)
+    secret = re.search(r"^\s*client_secret:\s+(\S+)\s*$", text, re.M)
+    return (cid.group(1), secret.group(1)) if cid and secret else None
+
+
+def _bench_client(database_url: str) -> tuple[str, str]:
+    """Register a client directly in the database (as ``fhirgw clients create`` does)."""
+    from fhirgw.security.clients import ClientStore
+    from fhirgw.store.db import make_engine
+
+    eng = make_engine(database_url, pool_size=1)
+    try:
+        client, secret = ClientStore(eng).create("bench", BENCH_SCOPE)
+    finally:
+        eng.dispose()
+    return client.client_id, secret
+
+
 @contextmanager
 def gateway(database_url: str, log_level: str = "warning"):
-    """``fhirgw serve`` on a free loopback port; yields the FHIR base URL."""
+    """``fhirgw serve`` on a free loopback port; yields a ``Gateway`` (``gw.base`` is the FHIR
+    base URL, ``gw.headers`` an admin bearer token; ``base, proc = gw`` works too)."""
     port = free_port()
     if _cli_has_serve():
         args = [str(BIN / "fhirgw"), "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -98,7 +174,8 @@ def gateway(database_url: str, log_level: str = "warning"):
                 "from fhirgw.cli import serve; serve(host='127.0.0.1', port=%d, database=%r, "
                 "workers=1, log_level=%r)" % (port, database_url, log_level)]
     with server(args, f"http://127.0.0.1:{port}/healthz", log_name="gateway") as proc:
-        yield f"http://127.0.0.1:{port}/fhir", proc
+        creds = _first_start_credentials(proc.log_path) or _bench_client(database_url)
+        yield Gateway(f"http://127.0.0.1:{port}/fhir", proc, *creds)
 
 
 @contextmanager

@@ -191,8 +191,10 @@ def measure_floor(bundles) -> float:
 
 
 def run_gateway(db_url: str, payloads: list[bytes], per_bundle: int) -> dict:
-    with gateway(db_url) as (base, _proc):
-        with httpx.Client(timeout=300, headers={"Content-Type": "application/fhir+json"}) as c:
+    with gateway(db_url) as gw:
+        base = gw.base
+        with httpx.Client(timeout=300, headers={"Content-Type": "application/fhir+json"},
+                          auth=gw.auth()) as c:   # a token from /auth/token, renewed
             # warm up: one small transaction (imports, first connections, caches)
             c.post(base, content=bundle_bytes(make_bundles(PER_CLIENT, PER_CLIENT, 1)[0]))
             t0 = time.perf_counter()

@@ -33,12 +33,12 @@ from ingest import client_resources
 CONCURRENCY = (1, 8)
 
 
-def seed_patients(base: str, n: int) -> dict:
+def seed_patients(base: str, n: int, headers: dict | None = None) -> dict:
     """Create n client Patients; return {id: {body, etag, last_modified}} as the gateway reads them."""
     random.seed(7)
     entries = [{"fullUrl": u, "resource": r, "request": {"method": "POST", "url": "Patient"}}
                for u, r in (client_resources(i)[0] for i in range(n))]
-    with httpx.Client(timeout=120) as c:
+    with httpx.Client(timeout=120, headers=headers) as c:
         r = c.post(base, content=orjson.dumps({"resourceType": "Bundle", "type": "transaction",
                                                "entry": entries}),
                    headers={"Content-Type": "application/fhir+json"})
@@ -53,13 +53,14 @@ def seed_patients(base: str, n: int) -> dict:
     return out
 
 
-async def _load(base: str, ids: list[str], requests: int, concurrency: int) -> dict:
+async def _load(base: str, ids: list[str], requests: int, concurrency: int,
+                headers: dict) -> dict:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     counter = iter(range(requests))
     errors = 0
 
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
         # open the connections and warm both sides up
         await asyncio.gather(*(client.get(f"{base}/Patient/{ids[i % len(ids)]}")
                                for i in range(concurrency * 20)))
@@ -88,7 +89,8 @@ async def _load(base: str, ids: list[str], requests: int, concurrency: int) -> d
             "client_cpu_pct": round(100 * cpu / elapsed), "errors": errors}
 
 
-async def _raw_load(base: str, ids: list[str], requests: int, concurrency: int) -> dict:
+async def _raw_load(base: str, ids: list[str], requests: int, concurrency: int,
+                    headers: dict) -> dict:
     """The same loop over a minimal HTTP/1.1 keep-alive client (asyncio streams), for when
     httpx itself is the bottleneck: it costs a fraction of httpx's CPU per request."""
     from urllib.parse import urlsplit
@@ -98,6 +100,7 @@ async def _raw_load(base: str, ids: list[str], requests: int, concurrency: int) 
     latencies: list[float] = []
     counter = iter(range(requests))
     errors = 0
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
 
     async def connect():
         return await asyncio.open_connection(host, port)
@@ -105,7 +108,7 @@ async def _raw_load(base: str, ids: list[str], requests: int, concurrency: int) 
     async def get(conn, rid) -> tuple[int, bytes]:
         reader, writer = conn
         writer.write(f"GET {prefix}/Patient/{rid} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                     "Accept: application/fhir+json\r\n\r\n".encode())
+                     f"Accept: application/fhir+json\r\n{extra}\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -147,13 +150,14 @@ async def _raw_load(base: str, ids: list[str], requests: int, concurrency: int) 
             "client_cpu_pct": round(100 * cpu / elapsed), "errors": errors}
 
 
-def load(base, ids, requests, concurrency, client="httpx") -> dict:
+def load(base, ids, requests, concurrency, client="httpx", headers=None) -> dict:
+    """``headers``: e.g. the gateway's ``Authorization`` (the bare app ignores it)."""
     fn = _load if client == "httpx" else _raw_load
     try:
         import uvloop
-        return uvloop.run(fn(base, ids, requests, concurrency))
+        return uvloop.run(fn(base, ids, requests, concurrency, headers or {}))
     except ImportError:  # pragma: no cover
-        return asyncio.run(fn(base, ids, requests, concurrency))
+        return asyncio.run(fn(base, ids, requests, concurrency, headers or {}))
 
 
 def main(argv=None) -> int:
@@ -169,8 +173,9 @@ def main(argv=None) -> int:
     clients = ["httpx", "raw"] if args.client == "both" else [args.client]
     results: dict = {"requests_per_config": args.requests, "patients": args.patients,
                      "rounds": args.rounds, "runs": {}}
-    with sqlite_database() as db_url, gateway(db_url) as (gw_base, _gw):
-        data = seed_patients(gw_base, args.patients)
+    with sqlite_database() as db_url, gateway(db_url) as gw:
+        gw_base = gw.base
+        data = seed_patients(gw_base, args.patients, gw.headers)
         ids = list(data)
         size = statistics.mean(len(d["body"]) for d in data.values())
         print(f"read: {len(ids)} Patients (~{size:.0f} bytes each), {args.requests} requests "
@@ -195,7 +200,8 @@ def main(argv=None) -> int:
                         for name, base in servers:
                             best = None
                             for _ in range(args.rounds):
-                                run = load(base, ids, args.requests, c, client)
+                                # both get the same headers: the same bytes on the wire
+                                run = load(base, ids, args.requests, c, client, gw.headers)
                                 if run["errors"]:
                                     raise SystemExit(f"{name}: {run['errors']} failed requests")
                                 if best is None or run["rps"] > best["rps"]:

@@ -145,7 +145,8 @@ def _search(engine, search, rtype, items):
 
 def run_http(url: str, p: dict, runs: int, seed: int) -> dict:
     out = {}
-    with gateway(url) as (base, _proc), httpx.Client(timeout=30) as client:
+    with gateway(url) as gw, httpx.Client(timeout=30, auth=gw.auth()) as client:
+        base = gw.base
         for name in HTTP_QUERIES:
             rng = random.Random(f"{seed}-{name}")
             qs = [make_query(name, rng, p) for _ in range(runs)]

@@ -1,7 +1,8 @@
 """Sync delivery benchmark: throughput to a loopback partner and commit-to-partner latency.
 
 The partner is a real gateway (``fhirgw serve`` in a subprocess, its own SQLite file, worker
-off). Ours runs in this process: the repository with the sync rule and the worker.
+off, auth disabled on 127.0.0.1: it stands in for an external EHR, as in tests/sync). Ours
+runs in this process: the repository with the sync rule and the worker (no HTTP API).
 
 * throughput: N referrals committed with the worker stopped, then the worker started; the
   time until every row is sent. Each referral is one transaction of 3 resources (Patient,
@@ -40,7 +41,8 @@ def start_partner(tmp: str):
     port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     env = {**os.environ, "FHIRGW_WORKER": "0", "FHIRGW_SYNC_CONFIG": "",
-           "FHIRGW_IDENTIFIER_SYSTEM": "http://partner.example/sid"}
+           "FHIRGW_IDENTIFIER_SYSTEM": "http://partner.example/sid",
+           "FHIRGW_AUTH": "disabled"}   # the stand-in partner EHR, loopback only
     proc = subprocess.Popen([str(BIN / "fhirgw"), "serve", "--port", str(port), "--database",
                              f"sqlite:///{tmp}/partner.db", "--log-level", "warning", "--workers", os.environ.get("PARTNER_WORKERS", "1")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -148,12 +148,18 @@ def render(source: str = typer.Argument(..., help="a document Bundle JSON file, 
                                                    "Composition id on --url"),
            out: str = typer.Option("-", "--out", "-o", help="HTML file to write (- = stdout)"),
            url: str = typer.Option(None, "--url", envvar="FHIRGW_URL",
-                                   help="gateway FHIR base, when SOURCE is a Composition id")) -> None:
+                                   help="gateway FHIR base, when SOURCE is a Composition id"),
+           token: str = typer.Option(None, "--token", envvar="FHIRGW_TOKEN", show_envvar=True,
+                                     help="bearer access token for --url (default: one from "
+                                          "the gateway's /auth/token for $FHIRGW_CLIENT_ID / "
+                                          "$FHIRGW_CLIENT_SECRET)")) -> None:
     """Render a discharge summary (a FHIR document) as a printable HTML page."""
     from pathlib import Path
 
     import httpx
 
+    from .cli_data import auth_for
+    from .client import FhirClientError
     from .model.errors import FhirError
     from .model.resources import loads
     from .operations.document import render_html
@@ -163,7 +169,7 @@ def render(source: str = typer.Argument(..., help="a document Bundle JSON file, 
             page = render_html(loads(Path(source).read_bytes()))
         elif url:
             r = httpx.get(f"{url.rstrip('/')}/Composition/{source}/$document",
-                          params={"_format": "html"}, timeout=30)
+                          params={"_format": "html"}, timeout=30, auth=auth_for(url, token))
             if r.status_code != 200:
                 raise typer.BadParameter(f"the gateway answered {r.status_code}: {r.text[:300]}")
             page = r.text
@@ -174,6 +180,9 @@ def render(source: str = typer.Argument(..., help="a document Bundle JSON file, 
         raise typer.Exit(1)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1)
+    except (FhirClientError, ValueError) as exc:   # token refused, half-set credentials
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     if out == "-":
         typer.echo(page)

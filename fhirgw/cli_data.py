@@ -1,7 +1,12 @@
 """Data commands of the ``fhirgw`` CLI, built on the SDK: import, export, get, search, demo.
 
-Each talks to a gateway at ``--url`` (default http://127.0.0.1:8000/fhir, or $FHIRGW_URL).
-Errors print one line (``error: 404 Not Found: Patient/x is not known``) and exit 1.
+Each talks to a gateway at ``--url`` (default http://127.0.0.1:8000/fhir, or $FHIRGW_URL),
+authenticated with ``--token`` ($FHIRGW_TOKEN, a bearer access token) or, without one, with
+an API client's credentials in $FHIRGW_CLIENT_ID and $FHIRGW_CLIENT_SECRET (OAuth2 client
+credentials at the gateway's ``/auth/token``, or at $FHIRGW_TOKEN_URL; tokens are fetched
+on first use and renewed). Secrets are read from the environment only, never from the
+command line. Errors print one line (``error: 404 Not Found: Patient/x is not known``) and
+exit 1.
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_URL = "http://127.0.0.1:8000/fhir"
 URL = typer.Option(DEFAULT_URL, "--url", envvar="FHIRGW_URL", help="FHIR base URL of the gateway")
+TOKEN = typer.Option(None, "--token", envvar="FHIRGW_TOKEN", show_envvar=True,
+                     help="bearer access token (default: one from the gateway's /auth/token "
+                          "for $FHIRGW_CLIENT_ID / $FHIRGW_CLIENT_SECRET)")
 
 
 def _friendly(fn: F) -> F:
@@ -35,10 +43,37 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _client(url: str) -> Any:
+def token_url_for(url: str) -> str:
+    """The token endpoint of the gateway whose FHIR base is ``url`` ($FHIRGW_TOKEN_URL wins):
+    ``http://h:p/fhir`` -> ``http://h:p/auth/token``."""
+    explicit = os.environ.get("FHIRGW_TOKEN_URL")
+    if explicit:
+        return explicit
+    base = url.rstrip("/")
+    return (base[: -len("/fhir")] if base.endswith("/fhir") else base) + "/auth/token"
+
+
+def auth_for(url: str, token: str | None = None) -> Any:
+    """The httpx Auth the commands send: ``token`` (--token / $FHIRGW_TOKEN) as a bearer
+    token, else client credentials from $FHIRGW_CLIENT_ID and $FHIRGW_CLIENT_SECRET, else
+    None (a gateway with auth disabled)."""
+    from .client import BearerToken, ClientCredentials
+
+    if token:
+        return BearerToken(token)
+    client_id = os.environ.get("FHIRGW_CLIENT_ID")
+    secret = os.environ.get("FHIRGW_CLIENT_SECRET")
+    if client_id and secret:
+        return ClientCredentials(token_url_for(url), client_id, secret)
+    if client_id or secret:
+        raise ValueError("set both FHIRGW_CLIENT_ID and FHIRGW_CLIENT_SECRET (or --token)")
+    return None
+
+
+def _client(url: str, token: str | None = None) -> Any:
     from .client import Client, Retry
 
-    return Client(url, retry=Retry(total=3, backoff_factor=0.25))
+    return Client(url, auth=auth_for(url, token), retry=Retry(total=3, backoff_factor=0.25))
 
 
 def _console(err: bool = True) -> Any:
@@ -145,6 +180,7 @@ def _failures(answer: Any) -> list[str]:
 
 def import_(path: str = typer.Argument(..., help="a Bundle/resource .json, an .ndjson file, or a folder of them"),
             url: str = URL,
+            token: str = TOKEN,
             batch_size: int = typer.Option(200, "--batch-size", help="NDJSON lines per batch"),
             state: Path = typer.Option(Path(".fhirgw-import.json"), "--state",
                                        help="progress file that makes a rerun resume"),
@@ -162,7 +198,7 @@ def import_(path: str = typer.Argument(..., help="a Bundle/resource .json, an .n
         progress_state.data = {}
     stored = failed = skipped = 0
     problems: list[str] = []
-    with _client(url) as client, Progress(TextColumn("{task.description}"), BarColumn(),
+    with _client(url, token) as client, Progress(TextColumn("{task.description}"), BarColumn(),
                                           MofNCompleteColumn(), console=_console(),
                                           disable=quiet) as bar:
         for file in files:
@@ -246,7 +282,8 @@ def export(types: list[str] = typer.Option(None, "--type", "-t",
            since: str = typer.Option(None, "--since", help="only resources changed at or after "
                                                            "this date/instant (_lastUpdated=ge)"),
            out: Path = typer.Option(None, "--out", "-o", help="write NDJSON here (default stdout)"),
-           url: str = URL) -> None:
+           url: str = URL,
+           token: str = TOKEN) -> None:
     """Export resources as NDJSON (one resource per line)."""
     from .client._core import dumps
 
@@ -254,7 +291,7 @@ def export(types: list[str] = typer.Option(None, "--type", "-t",
     counts: dict[str, int] = {}
     stream = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115
     try:
-        with _client(url) as client:
+        with _client(url, token) as client:
             for rtype in wanted or _all_types(client):
                 # one search per type: the system-level _type search loses _type on its
                 # next links (see tests/client/test_server_bugs.py)
@@ -276,14 +313,15 @@ def export(types: list[str] = typer.Option(None, "--type", "-t",
 # ---------------------------------------------------------------- get / search
 
 def get(ref: str = typer.Argument(..., help="Type/id or Type/id/_history/vid"),
-        url: str = URL) -> None:
+        url: str = URL,
+        token: str = TOKEN) -> None:
     """Print one resource as JSON."""
     parts = ref.strip("/").split("/")
     if len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "_history"):
         raise typer.BadParameter("expected Type/id or Type/id/_history/vid", param_hint="REF")
     from .client._core import dumps
 
-    with _client(url) as client:
+    with _client(url, token) as client:
         data = client.request("GET", "/".join(parts))
     typer.echo(json.dumps(json.loads(dumps(data)), indent=2, ensure_ascii=False))
 
@@ -313,13 +351,14 @@ def search(resource_type: str = typer.Argument(..., help="e.g. Patient"),
            query: str = typer.Argument("", help="FHIR query, e.g. 'name=Rivera&birthdate=ge1990'"),
            limit: int = typer.Option(20, "--limit", "-n", help="most resources to show"),
            as_json: bool = typer.Option(False, "--json", help="print NDJSON instead of a table"),
-           url: str = URL) -> None:
+           url: str = URL,
+           token: str = TOKEN) -> None:
     """Search and show a table of matches (or NDJSON with --json)."""
     from rich.table import Table
 
     from .client._core import dumps
 
-    with _client(url) as client:
+    with _client(url, token) as client:
         found = client.search(resource_type).params(query).limit(limit)
         rows = list(found.iter_json())
         total = found.count() if len(rows) >= limit else len(rows)
@@ -338,6 +377,7 @@ def search(resource_type: str = typer.Argument(..., help="e.g. Patient"),
 # ---------------------------------------------------------------- demo
 
 def demo(url: str = URL,
+         token: str = TOKEN,
          force: bool = typer.Option(False, "--force", help="load again even if present")) -> None:
     """Load a realistic synthetic IOP (clients, plans, sessions, referrals, a discharge)."""
     from rich.table import Table
@@ -345,7 +385,7 @@ def demo(url: str = URL,
     from .client.demo import DEMO_ORG_IDENTIFIER, load_demo
 
     console = _console()
-    with _client(url) as client:
+    with _client(url, token) as client:
         if not force and client.search("Organization").where(identifier=DEMO_ORG_IDENTIFIER).first():
             console.print(f"the demo program is already loaded at {url} (use --force to load "
                           "another copy)", highlight=False)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -24,9 +23,9 @@ def _store(database: str | None):
     from ..store.db import make_engine, migrate
     from .clients import ClientStore
 
-    if database:
-        os.environ["FHIRGW_DATABASE_URL"] = database
-    eng = make_engine(Settings().database_url, pool_size=2)
+    # not through os.environ: a command run in-process (tests, CliRunner) must not change
+    # the database every later Settings() of that process points at
+    eng = make_engine(database or Settings().database_url, pool_size=2)
     migrate(eng)
     return ClientStore(eng)
 

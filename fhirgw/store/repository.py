@@ -332,11 +332,15 @@ class Tx:
 
     def history(self, res_type: str | None = None, res_id: str | None = None, *,
                 since: int | None = None, at: int | None = None, count: int = 50,
-                cursor: int | None = None, with_total: bool = True) -> HistoryPage:
+                cursor: int | None = None, with_total: bool = True,
+                exclude: tuple[str, ...] = ()) -> HistoryPage:
+        """History newest first; ``exclude`` leaves types out (system history)."""
         h = resource_history.c
         cond = []
         if res_type is not None:
             cond.append(h.res_type == res_type)
+        if exclude:
+            cond.append(h.res_type.not_in(exclude))
         if res_id is not None:
             cond.append(h.res_id == res_id)
             if self._current_row(res_type, res_id) is None:

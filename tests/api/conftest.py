@@ -3,6 +3,7 @@ from fastapi.testclient import TestClient
 
 from fhirgw.app import create_app
 from fhirgw.config import Settings
+from tests.auth import authorize
 
 
 @pytest.fixture
@@ -13,8 +14,11 @@ def settings(db_url):
 
 @pytest.fixture
 def client(settings):
+    """A TestClient of a gateway with auth on, carrying an admin token (from the token
+    endpoint) in its default headers."""
     app = create_app(settings)
     with TestClient(app, base_url="http://testserver") as c:
+        authorize(c, app)
         yield c
     app.state.router.repo.engine.dispose()
 

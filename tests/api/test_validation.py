@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from fhirgw.app import create_app
 from fhirgw.config import Settings
+from tests.auth import authorize
 
 FJ = {"Content-Type": "application/fhir+json"}
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -104,6 +105,7 @@ def test_posted_profile_is_enforced_at_once_and_dropped_on_delete(client):
 def test_required_profiles_per_type(db_url):
     app = create_app(Settings(database_url=db_url, required_profiles=f"Patient={CLIENT}"))
     with TestClient(app) as c:
+        authorize(c, app)
         r = c.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "A"}]},
                    headers=FJ)
         assert r.status_code == 422

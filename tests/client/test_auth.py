@@ -1,4 +1,6 @@
-"""Auth flows against respx-mocked token endpoints (the gateway has no auth yet)."""
+"""Auth flows: against respx-mocked token endpoints (every branch, a fake clock), then for
+real against the live gateway's own token endpoint (client secret basic and post, SMART
+private_key_jwt with RS384 and ES384, narrowed scopes, a revoked client)."""
 from __future__ import annotations
 
 import base64
@@ -18,9 +20,11 @@ from fhirgw.client import (
     BearerToken,
     Client,
     ClientCredentials,
+    Forbidden,
     SmartBackendServices,
     Unauthorized,
 )
+from tests.auth import grant, grant_jwks, signing_key, token_url
 
 BASE = "http://fhir.test/fhir"
 TOKEN_URL = "http://auth.test/token"
@@ -171,3 +175,70 @@ async def test_async_client_uses_the_same_auth_flow():
         await c.read(Patient, "1")
     assert token.call_count == 1
     assert api.calls[1].request.headers["Authorization"] == "Bearer async-tok"
+
+
+# ---------------------------------------------------------------- the live gateway
+
+def _patient(family: str) -> Patient:
+    return Patient(name=[{"family": family}])
+
+
+@pytest.mark.parametrize("method", ["basic", "post"])
+def test_live_client_credentials(gateway, gateway_app, method):
+    cid, secret = grant(gateway_app, "system/*.cruds")
+    auth = ClientCredentials(token_url(gateway), cid, secret, auth_method=method)
+    with Client(gateway, auth=auth) as c:
+        created = c.create(_patient(f"Live-{method}"))
+        assert c.read(Patient, created.id).name[0].family == f"Live-{method}"
+    assert auth.access_token and auth.expires_at
+
+
+@pytest.mark.parametrize("algorithm", ["RS384", "ES384"])
+def test_live_smart_backend_services(gateway, gateway_app, algorithm):
+    key, jwk = signing_key(algorithm)
+    cid = grant_jwks(gateway_app, jwk, scope="system/Patient.cruds")
+    smart_url = httpx.get(gateway.removesuffix("/fhir") + "/.well-known/smart-configuration"
+                          ).json()["token_endpoint"]
+    auth = SmartBackendServices(smart_url, cid, key, key_id=jwk["kid"], algorithm=algorithm,
+                                scope="system/Patient.rs")
+    with Client(gateway, auth=auth) as c:
+        found = c.search(Patient).where(_count=1).all()
+        assert isinstance(found, list)
+        with pytest.raises(Forbidden):          # the token holds only the narrowed scope
+            c.create(_patient("Smart"))
+
+
+def test_live_narrowed_scope_and_refused_scope(gateway, gateway_app):
+    cid, secret = grant(gateway_app, "system/*.cruds")
+    with Client(gateway, auth=ClientCredentials(token_url(gateway), cid, secret,
+                                                scope="system/Patient.rs")) as c:
+        c.search(Patient).where(_count=1).all()
+        with pytest.raises(Forbidden):
+            c.create(_patient("Narrow"))
+    with Client(gateway, auth=ClientCredentials(token_url(gateway), cid, secret,
+                                                scope="fhirgw/admin")) as c:
+        with pytest.raises(AuthError) as err:
+            c.read(Patient, "x")
+    assert err.value.status == 400 and err.value.error == "invalid_scope"
+
+
+def test_live_revoked_client(gateway, gateway_app):
+    cid, secret = grant(gateway_app, "system/*.cruds")
+    auth = ClientCredentials(token_url(gateway), cid, secret)
+    with Client(gateway, auth=auth) as c:
+        p = c.create(_patient("Revoked"))
+        gateway_app.state.auth.clients.revoke(cid)
+        # the token is refused (same process: at once), a new one too: AuthError
+        with pytest.raises(AuthError) as err:
+            c.read(Patient, p.id)
+    assert err.value.status == 401 and err.value.error == "invalid_client"
+    with Client(gateway, auth=ClientCredentials(token_url(gateway), "no-such", "x")) as c:
+        with pytest.raises(AuthError, match="invalid_client"):
+            c.read(Patient, p.id)
+
+
+def test_live_no_token_is_unauthorized(gateway):
+    with Client(gateway) as c:
+        assert c.capabilities().fhirVersion == "4.0.1"   # metadata is open
+        with pytest.raises(Unauthorized):
+            c.read(Patient, "x")

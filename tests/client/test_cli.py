@@ -1,5 +1,8 @@
 """The data commands against a live gateway: import -> export round trip, resume, get,
-search, demo, and one-line errors."""
+search, demo, and one-line errors.
+
+The commands authenticate as an API client would: $FHIRGW_CLIENT_ID / $FHIRGW_CLIENT_SECRET
+(tokens from the gateway's /auth/token), or ``--token`` / $FHIRGW_TOKEN."""
 from __future__ import annotations
 
 import json
@@ -9,8 +12,19 @@ import pytest
 from typer.testing import CliRunner
 
 from fhirgw.cli import app
+from tests.auth import token_for
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def api_client(monkeypatch, admin_credentials):
+    """The gateway's admin client, in the environment the commands read it from."""
+    monkeypatch.delenv("FHIRGW_TOKEN", raising=False)
+    monkeypatch.delenv("FHIRGW_TOKEN_URL", raising=False)
+    monkeypatch.setenv("FHIRGW_CLIENT_ID", admin_credentials[0])
+    monkeypatch.setenv("FHIRGW_CLIENT_SECRET", admin_credentials[1])
+    return admin_credentials
 
 
 def run(*args, ok=True):
@@ -112,7 +126,7 @@ def test_errors_are_one_line(gateway, tmp_path):
     assert down.exit_code == 1 and down.output.startswith("error: ")
 
 
-def test_demo_loads_a_realistic_iop(gateway):
+def test_demo_loads_a_realistic_iop(gateway, auth):
     from fhir.resources.R4B.episodeofcare import EpisodeOfCare
     from fhir.resources.R4B.task import Task
 
@@ -121,7 +135,7 @@ def test_demo_loads_a_realistic_iop(gateway):
     out = run("demo", "--url", gateway)
     assert "Observation" in out.stdout
     assert "already loaded" in run("demo", "--url", gateway).output
-    with Client(gateway) as c:
+    with Client(gateway, auth=auth) as c:
         assert c.search("Condition").where(code="http://hl7.org/fhir/sid/icd-10-cm|F10.20").count() >= 2
         assert c.search("Observation").where(code="http://loinc.org|44261-6").count() >= 32
         assert c.search(EpisodeOfCare).where(status="finished").count() >= 1
@@ -129,3 +143,36 @@ def test_demo_loads_a_realistic_iop(gateway):
         assert {"requested", "accepted", "in-progress", "rejected"} <= statuses
         group = c.search("Appointment").where(service_type="90853").first()
         assert group is not None and len(group.participant) == 9
+
+
+def test_token_option_and_env(gateway, files, api_client, monkeypatch):
+    tmp, _tag, ids = files
+    run("import", tmp / "data", "--url", gateway, "--state", tmp / "s.json", "-q")
+    token = token_for(gateway, *api_client)
+    monkeypatch.delenv("FHIRGW_CLIENT_ID")
+    monkeypatch.delenv("FHIRGW_CLIENT_SECRET")
+    got = run("get", f"Patient/{ids[0]}", "--url", gateway, "--token", token)
+    assert json.loads(got.stdout)["id"] == ids[0]
+    monkeypatch.setenv("FHIRGW_TOKEN", token)
+    assert json.loads(run("get", f"Patient/{ids[0]}", "--url", gateway).stdout)["id"] == ids[0]
+
+
+def test_missing_or_wrong_credentials_are_one_line_errors(gateway, monkeypatch):
+    monkeypatch.delenv("FHIRGW_CLIENT_SECRET")
+    half = run("get", "Patient/x", "--url", gateway, ok=False)
+    assert half.exit_code == 1 and half.output.startswith("error: ")
+    assert "FHIRGW_CLIENT_SECRET" in half.output
+
+    monkeypatch.delenv("FHIRGW_CLIENT_ID")
+    none = run("get", "Patient/x", "--url", gateway, ok=False)
+    assert none.exit_code == 1
+    assert none.output.startswith("error: 401") and len(none.output.strip().splitlines()) == 1
+
+    monkeypatch.setenv("FHIRGW_CLIENT_ID", "no-such-client")
+    monkeypatch.setenv("FHIRGW_CLIENT_SECRET", "wrong")
+    refused = run("get", "Patient/x", "--url", gateway, ok=False)
+    assert refused.exit_code == 1 and refused.output.startswith("error: ")
+    assert "invalid_client" in refused.output and "Traceback" not in refused.output
+
+    bad_token = run("get", "Patient/x", "--url", gateway, "--token", "garbage", ok=False)
+    assert bad_token.exit_code == 1 and bad_token.output.startswith("error: 401")

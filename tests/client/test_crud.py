@@ -81,8 +81,8 @@ def test_references_between_resources(client):
 
 
 @pytest.mark.anyio
-async def test_async_crud(gateway):
-    async with AsyncClient(gateway) as client:
+async def test_async_crud(gateway, auth):
+    async with AsyncClient(gateway, auth=auth) as client:
         created = await client.create(new_patient("Async"))
         assert isinstance(created, Patient)
         read = await client.read(Patient, created.id)

@@ -18,10 +18,11 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_readme_examples_run(gateway, capsys):
+def test_readme_examples_run(gateway, admin_credentials, capsys):
     blocks = python_blocks(sdk_section(README.read_text()))
     assert len(blocks) >= 6
-    namespace: dict = {"BASE": gateway}
+    client_id, secret = admin_credentials
+    namespace: dict = {"BASE": gateway, "CLIENT_ID": client_id, "CLIENT_SECRET": secret}
     for n, block in enumerate(blocks):
         try:
             exec(compile(block, f"{README.name}[python block {n + 1}]", "exec"), namespace)

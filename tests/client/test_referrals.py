@@ -67,8 +67,8 @@ def test_an_existing_service_request_and_an_open_referral(client):
 
 
 @pytest.mark.anyio
-async def test_async_referrals(gateway):
-    async with AsyncClient(gateway) as client:
+async def test_async_referrals(gateway, auth):
+    async with AsyncClient(gateway, auth=auth) as client:
         org = await client.create(Organization(name="Harbor Community Support"))
         patient = await client.create(Patient(name=[{"family": "Osei"}]))
         sr = ServiceRequest(status="active", intent="order", code={"text": "Peer support"},

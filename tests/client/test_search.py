@@ -14,6 +14,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.reference import Reference
 
 from fhirgw.client import AsyncClient, Client, _config, _core, _exceptions, _iop, _query
+from tests.auth import credentials, token_url
 
 from .conftest import TAG_SYSTEM, tagged
 
@@ -105,10 +106,10 @@ PAGING_TOTAL = 1050
 
 
 @pytest.fixture(scope="module")
-def paging_tag(gateway):
+def paging_tag(gateway, admin_credentials):
     """1,050 Observations, loaded in two transactions."""
     tag = "paging-" + uuid.uuid4().hex[:8]
-    with Client(gateway) as c:
+    with Client(gateway, auth=credentials(gateway, *admin_credentials)) as c:
         for start in (0, 525):
             with c.transaction() as tx:
                 for i in range(start, start + 525):
@@ -129,12 +130,14 @@ class CountingTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-def test_paging_over_1000_results_follows_next_links(gateway, paging_tag):
+def test_paging_over_1000_results_follows_next_links(gateway, auth, paging_tag):
     counter = CountingTransport()
-    with Client(gateway, transport=counter) as c:
+    with Client(gateway, transport=counter, auth=auth) as c:
         s = c.search(Observation).where(_tag=f"{TAG_SYSTEM}|{paging_tag}").page_size(200)
         values = [o.valueInteger for o in s]
         assert sorted(values) == list(range(PAGING_TOTAL))
+        # the SDK got its token first (through the same transport), once
+        assert counter.urls.pop(0) == token_url(gateway)
         assert len(counter.urls) == 6                  # 200 x 5 + 50, one request each
         assert all("_cursor=" in u for u in counter.urls[1:])   # next links, no page counter
         assert s.count() == PAGING_TOTAL
@@ -149,8 +152,8 @@ def test_paging_over_1000_results_follows_next_links(gateway, paging_tag):
 
 
 @pytest.mark.anyio
-async def test_async_iteration_pages_too(gateway, paging_tag):
-    async with AsyncClient(gateway) as c:
+async def test_async_iteration_pages_too(gateway, auth, paging_tag):
+    async with AsyncClient(gateway, auth=auth) as c:
         s = c.search(Observation).where(_tag=f"{TAG_SYSTEM}|{paging_tag}").page_size(500)
         seen = [o.valueInteger async for o in s]
         assert len(set(seen)) == PAGING_TOTAL

@@ -90,8 +90,8 @@ def test_an_empty_transaction_sends_nothing(client):
 
 
 @pytest.mark.anyio
-async def test_async_transaction(gateway, tag):
-    async with AsyncClient(gateway) as client:
+async def test_async_transaction(gateway, auth, tag):
+    async with AsyncClient(gateway, auth=auth) as client:
         async with client.transaction() as tx:
             p = tx.create(Patient(meta=Meta(**tagged(tag)), name=[{"family": "Async"}]))
             e = tx.create(EpisodeOfCare(status="planned", patient=p.reference))

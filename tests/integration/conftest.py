@@ -5,6 +5,10 @@ test that uses it on SQLite and on PostgreSQL, like ``db_url`` in tests/conftest
 its own module-scoped database fixture because ``db_url`` is function-scoped; the databases
 are made the same way (a temp SQLite file, or a fresh PostgreSQL database via ``pg_admin``,
 dropped afterwards).
+
+Auth is on, as in production: ``live_server`` registers an admin client in the app's client
+store (``client_id``/``secret``) and gets its tokens from the server's own token endpoint
+over HTTP (``live_server.token``, ``live_server.headers``; see tests/auth.py).
 """
 from __future__ import annotations
 
@@ -12,11 +16,12 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from sqlalchemy import text
 
+from tests.auth import bearer, grant, token_for
 from tests.conftest import PG_ADMIN_URL
 
 
@@ -25,10 +30,28 @@ class LiveServer:
     base: str          # http://127.0.0.1:PORT/fhir
     db_url: str
     app: object
+    #: an admin client (system/*.cruds fhirgw/admin) registered on the server
+    client_id: str = ""
+    secret: str = ""
+    _token: tuple[float, str] | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
         return "postgresql" if self.db_url.startswith("postgresql") else "sqlite"
+
+    @property
+    def token(self) -> str:
+        """An admin access token from the server's token endpoint (renewed when half its
+        lifetime is gone: the server lives for a whole test module)."""
+        lifetime = self.app.state.settings.token_lifetime
+        if self._token is None or time.monotonic() - self._token[0] > lifetime / 2:
+            self._token = (time.monotonic(), token_for(self.base, self.client_id, self.secret))
+        return self._token[1]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Authorization: Bearer <admin token>``."""
+        return bearer(self.token)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -91,7 +114,7 @@ def live_server(live_db_url):
     app = create_app(Settings(database_url=live_db_url, base_url=base))
     stop = start_server(app, sock)
     try:
-        yield LiveServer(base, live_db_url, app)
+        yield LiveServer(base, live_db_url, app, *grant(app))
     finally:
         stop()
         app.state.router.repo.engine.dispose()

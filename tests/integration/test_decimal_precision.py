@@ -28,7 +28,7 @@ DECIMALS = [
 
 @pytest.fixture(scope="module")
 def http(live_server):
-    with httpx.Client(timeout=30) as c:
+    with httpx.Client(timeout=30, headers=live_server.headers) as c:
         yield c
 
 

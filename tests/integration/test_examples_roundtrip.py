@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.auth import authorize
 from tests.integration.examples import (PACKAGE, batch_body, chunks, first_difference,
                                         load_examples, strict)
 
@@ -193,6 +194,7 @@ def test_all_examples_round_trip_on_sqlite(example_set, tmp_path):
                               base_url="http://testserver/fhir"))
     try:
         with TestClient(app, base_url="http://testserver") as http:
+            authorize(http, app)
             out = roundtrip(http, example_set.examples)
     finally:
         app.state.router.repo.engine.dispose()
@@ -216,6 +218,7 @@ def test_every_tenth_example_round_trips_through_postgresql_over_http(example_se
     stop = start_server(app, sock)
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
+            authorize(http, app)
             out = roundtrip(http, subset, read_threads=4)
     finally:
         stop()

@@ -2,6 +2,10 @@
 
 fhirclient parses every response into its own R4 model classes and raises on anything that
 does not fit, so these tests also check that what the gateway sends is well-formed R4.
+
+It authenticates the way fhirclient supports backend services: SMART private_key_jwt. It
+finds the token endpoint in the CapabilityStatement (``oauth-uris``), sends our signed
+client assertion (``jwt_token``) for a token, and puts the token on every request.
 """
 from __future__ import annotations
 
@@ -14,14 +18,23 @@ from fhirclient.models.episodeofcare import EpisodeOfCare  # noqa: E402
 from fhirclient.models.patient import Patient  # noqa: E402
 from fhirclient.server import FHIRNotFoundException  # noqa: E402
 
+from tests.auth import client_assertion, grant_jwks, signing_key, token_url  # noqa: E402
 from tests.integration.iop import (MRN_SYSTEM, appointment, client_patient,  # noqa: E402
                                    episode_of_care, new_mrn)
 
 
 @pytest.fixture(scope="module")
 def smart(live_server):
-    return smart_client.FHIRClient(settings={"app_id": "fhirgw-it",
-                                             "api_base": live_server.base})
+    key, jwk = signing_key("RS384")
+    client_id = grant_jwks(live_server.app, jwk, scope="system/*.cruds")
+    client = smart_client.FHIRClient(settings={
+        "app_id": client_id, "api_base": live_server.base, "scope": "system/*.cruds",
+        "jwt_token": client_assertion(key, jwk, client_id, token_url(live_server.base))})
+    client.wants_patient = False   # a backend service: no launch/patient scope
+    client.prepare()               # GET /metadata: the token endpoint (oauth-uris)
+    client.authorize()             # client_credentials with our client assertion
+    assert client.ready, "fhirclient got no access token"
+    return client
 
 
 def _search(model, struct, server):
@@ -29,7 +42,7 @@ def _search(model, struct, server):
 
 
 def test_capability_statement_parses(smart):
-    smart.prepare()  # GET /metadata into fhirclient's CapabilityStatement model
+    assert smart.prepare()  # CapabilityStatement (fhirclient's model) read, token in hand
     cap = smart.server.capabilityStatement
     assert cap.fhirVersion == "4.0.1"
     types = {r.type for r in cap.rest[0].resource}

@@ -17,7 +17,8 @@ from tests.integration.iop import (MRN_SYSTEM, appointment, client_patient,  # n
 
 @pytest.fixture(scope="module")
 def fhir(live_server):
-    return SyncFHIRClient(live_server.base)
+    # fhirpy sends ``authorization`` as the Authorization header of every request
+    return SyncFHIRClient(live_server.base, authorization=f"Bearer {live_server.token}")
 
 
 def test_patient_create_read_update_delete(fhir):

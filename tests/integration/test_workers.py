@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.auth import bearer, first_start_credentials, token_for
+
 FHIRGW = str(Path(sys.executable).parent / "fhirgw")
 FJ = {"Content-Type": "application/fhir+json"}
 
@@ -35,13 +37,17 @@ def test_two_worker_processes_share_postgresql(pg_url, tmp_path):
                 pass
             assert time.monotonic() < deadline, "no answer in 60 s"
             time.sleep(0.2)
+        # the admin client made on first start (printed once, before the workers fork)
+        creds = first_start_credentials((tmp_path / "serve.log").read_text())
+        assert creds, (tmp_path / "serve.log").read_text()[-2000:]
+        auth = bearer(token_for(base, *creds))
         # eight clients, each its own connection (so both processes serve some of them)
         barrier, results = threading.Barrier(8), []
 
         def create():
             with httpx.Client(timeout=30) as c:
                 barrier.wait()
-                r = c.post(f"{base}/Patient", headers={**FJ, "If-None-Exist": "identifier=urn:iop:mrn|W-1"},
+                r = c.post(f"{base}/Patient", headers={**FJ, **auth, "If-None-Exist": "identifier=urn:iop:mrn|W-1"},
                            json={"resourceType": "Patient",
                                  "identifier": [{"system": "urn:iop:mrn", "value": "W-1"}]})
                 results.append((r.status_code, r.json().get("id")))
@@ -50,7 +56,8 @@ def test_two_worker_processes_share_postgresql(pg_url, tmp_path):
         [t.join() for t in threads]
         assert sorted(s for s, _ in results) == [200] * 7 + [201], results
         assert len({i for _, i in results}) == 1
-        found = httpx.get(f"{base}/Patient", params={"identifier": "urn:iop:mrn|W-1"}).json()
+        found = httpx.get(f"{base}/Patient", params={"identifier": "urn:iop:mrn|W-1"},
+                          headers=auth).json()
         assert len(found["entry"]) == 1
     finally:
         proc.terminate()

@@ -96,7 +96,8 @@ def test_worker_killed_mid_delivery(tmp_path):
     partner_base = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
     papp = create_app(Settings(database_url=f"sqlite:///{tmp_path}/partner.db",
                                base_url=partner_base, worker=False,
-                               identifier_system=PARTNER_SYSTEM))
+                               identifier_system=PARTNER_SYSTEM,
+                               auth="disabled"))   # a stand-in for an external EHR
     stop_partner = start_server(_slow_responses(papp, 1.5), sock)
     ours = make_gateway(f"sqlite:///{tmp_path}/ours.db", worker=False)
     config = write_config(tmp_path)

@@ -130,7 +130,8 @@ def test_three_workers_share_one_postgresql_outbox(pg_url, tmp_path):
     partner_base = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
     papp = create_app(Settings(database_url=f"sqlite:///{tmp_path}/partner.db",
                                base_url=partner_base, worker=False,
-                               identifier_system=PARTNER_SYSTEM))
+                               identifier_system=PARTNER_SYSTEM,
+                               auth="disabled"))   # a stand-in for an external EHR
     recorder = Recorder(papp)
     stop_partner = start_server(recorder, sock)
     ours = make_gateway(pg_url, worker=False)
