@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -10,6 +9,7 @@ from . import __version__
 from .api import openapi
 from .api.auth import Auth
 from .api.http import install
+from .api.lifespan import run_with_app
 from .api.logging import AccessLog
 from .config import Settings
 from .operations.catalog import publish as publish_operations
@@ -93,16 +93,5 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     app.state.audit = trail
     if getattr(app.state, "sync_worker", None) is not None:
         app.state.sync_worker.audit = trail   # deliveries are disclosures
-    previous = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a):
-        try:
-            async with previous(a) as state:
-                yield state
-        finally:
-            import anyio
-            await anyio.to_thread.run_sync(trail.close)
-
-    app.router.lifespan_context = lifespan
+    run_with_app(app, stop=trail.close)
     return app

@@ -10,7 +10,8 @@ sees only what concerns it, whatever its scopes:
 
 * ``Task`` it owns (``Task.owner``), the ``ServiceRequest`` such a Task focuses on, the
   ``Patient`` such a Task is for (reduced to the minimum necessary and tagged
-  ``SUBSETTED``), its own ``Organization``, and ``Communication`` addressed to it;
+  ``SUBSETTED``), its own ``Organization``, ``Communication`` addressed to it, and message
+  ``Bundle``s whose MessageHeader names it as receiver (their content as disclosed);
 * searches are narrowed to that (``PARTNER_SEARCH``); ``_has`` and chained parameters are
   refused (they would probe data outside the view); included resources outside the view
   are dropped; a read of anything else answers 404, as if it did not exist;
@@ -64,7 +65,10 @@ PARTNER_STATUSES = frozenset({"received", "accepted", "rejected", "in-progress",
 #: what a partner may not change on a Task it owns
 TASK_FIXED = ("owner", "for", "focus", "requester", "basedOn", "intent")
 PARTNER_TYPES = frozenset({"Task", "ServiceRequest", "Patient", "Organization",
-                           "Communication"})
+                           "Communication", "Bundle"})
+#: types whose partner search constraint alone decides what the partner sees
+_CONSTRAINED = frozenset({"Task", "ServiceRequest", "Patient", "Organization",
+                          "Communication"})
 #: handlers open to a partner (with the checks below)
 PARTNER_HANDLERS = frozenset({"read", "search_type", "search_post", "compartment", "update",
                               "patch", "create", "process_message", "metadata", "bundle",
@@ -167,6 +171,8 @@ PARTNER_SEARCH: dict[str, tuple[str, str]] = {
     "Patient": ("_has:Task:patient:owner", "{org}"),
     "Organization": ("_id", "{org_id}"),
     "Communication": ("recipient", "{org}"),
+    # message Bundles: which are addressed to it is checked on each (MessageHeader inside)
+    "Bundle": ("type", "message"),
 }
 
 
@@ -185,6 +191,8 @@ def partner_sees(tx, principal: Principal, res_type: str, res_id: str, body: dic
     if res_type == "Communication":
         return any(_is_org(r, org) for r in _refs(body.get("recipient")) +
                    _refs(body.get("sender")))
+    if res_type == "Bundle":
+        return _message_to(body, org)
     if res_type == "ServiceRequest":
         return bool(tx.search("Task", [("owner", org), ("focus", f"ServiceRequest/{res_id}")],
                               limit=1))
@@ -192,6 +200,19 @@ def partner_sees(tx, principal: Principal, res_type: str, res_id: str, body: dic
         return bool(tx.search("Task", [("owner", org), ("patient", f"Patient/{res_id}")],
                               limit=1))
     return False
+
+
+def _message_to(bundle: dict, org: str) -> bool:
+    """A message Bundle whose MessageHeader names ``org`` as a receiver."""
+    if bundle.get("type") != "message":
+        return False
+    entries = bundle.get("entry") or []
+    header = (entries[0].get("resource") if entries and isinstance(entries[0], dict)
+              else None) or {}
+    if header.get("resourceType") != "MessageHeader":
+        return False
+    return any(_is_org((d.get("receiver") or {}).get("reference"), org)
+               for d in header.get("destination") or [] if isinstance(d, dict))
 
 
 def minimum_patient(body: dict) -> dict:
@@ -218,9 +239,15 @@ class PartnerView:
         """The partner's copy of a resource, or None when it may not see it."""
         if res_type not in PARTNER_TYPES:
             return None
-        if not known_visible and not partner_sees(self.tx, self.principal, res_type, res_id,
-                                                  body):
+        if not (known_visible and res_type in _CONSTRAINED) and \
+                not partner_sees(self.tx, self.principal, res_type, res_id, body):
             return None
+        if res_type == "Bundle":  # a message to it: its content as disclosed
+            from .disclosure import NothingToDisclose
+            try:
+                return self.disclosure.message(body)
+            except NothingToDisclose:
+                return None
         if not self.disclosure.permits(body):
             return None
         if res_type == "Patient":
@@ -262,7 +289,7 @@ def filter_page(tx, principal: Principal | None, page) -> int:
                 if seen is None:
                     dropped += 1
                     continue
-                if rtype == "Patient":
+                if rtype in ("Patient", "Bundle"):
                     body = orjson.dumps(seen)
             out.append((rtype, rid, body))
         return out

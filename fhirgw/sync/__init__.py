@@ -7,8 +7,6 @@ app's lifespan and wakes it when a commit queued deliveries.
 """
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 from .config import SyncConfig, load
 from .routing import OutboxRule
 
@@ -27,6 +25,7 @@ def setup(repo, settings, config: SyncConfig | None = None):
 
 def install(app, repo, settings, config: SyncConfig | None = None):
     from ..api.admin import router as admin_router
+    from ..api.lifespan import run_with_app
 
     rule, worker = setup(repo, settings, config)
     app.state.sync_worker = worker
@@ -42,19 +41,7 @@ def install(app, repo, settings, config: SyncConfig | None = None):
                 written[0] = rule.rows_written
                 worker.wake()
         repo.after_commit.append(wake_on_new_rows)
-        previous = app.router.lifespan_context
-
-        @asynccontextmanager
-        async def lifespan(a):
-            worker.start()
-            try:
-                async with previous(a) as state:
-                    yield state
-            finally:
-                import anyio
-                await anyio.to_thread.run_sync(worker.stop)
-
-        app.router.lifespan_context = lifespan
+        run_with_app(app, start=worker.start, stop=worker.stop)
     return worker
 
 

@@ -398,3 +398,29 @@ def test_a_document_for_a_recipient_is_audited_as_a_disclosure(world):
     events = _audit(world, "type=http://dicom.nema.org/resources/ontology/DCM|110106")
     assert any(a.get("who", {}).get("reference") == "Organization/other-org"
                for e in events for a in e["agent"])
+
+
+def test_partner_reads_messages_addressed_to_it_only(world):
+    r = world.call("admin", "PUT", "Patient/p7", {
+        "resourceType": "Patient", "id": "p7", "name": [{"family": "Seven"}],
+        "identifier": [{"system": "urn:iop:mrn", "value": "MRN-7"}],
+        "birthDate": "1980-01-01", "telecom": [{"system": "phone", "value": "+1-555-0107"}]})
+    assert r.status_code in (200, 201), r.text
+    r = world.call("admin", "POST", "MedicationRequest", {
+        "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "subject": {"reference": "Patient/p7"},
+        "medicationCodeableConcept": {"text": "sertraline 50 mg"}})
+    assert r.status_code == 201, r.text
+    ids = {}
+    for org in ("partner-org", "other-org"):
+        r = world.call("admin", "POST", "Patient/p7/$medication-handoff", {
+            "resourceType": "Parameters", "parameter": [
+                {"name": "recipient", "valueReference": {"reference": f"Organization/{org}"}}]})
+        assert r.status_code == 200, r.text
+        ids[org] = r.json()["id"]
+    assert world.call("partner", "GET", f"Bundle/{ids['partner-org']}").status_code == 200
+    assert world.call("partner", "GET", f"Bundle/{ids['other-org']}").status_code == 404
+    found = world.call("partner", "GET", "Bundle?_count=100").json()
+    got = {e["resource"]["id"] for e in found.get("entry", [])
+           if e["resource"]["resourceType"] == "Bundle"}
+    assert ids["partner-org"] in got and ids["other-org"] not in got
