@@ -77,10 +77,13 @@ def install(app: FastAPI, router: Router, auth) -> None:
                 fast = await anyio.to_thread.run_sync(router.read_fast, target[0], target[1], inm)
             if fast is not None:
                 if router.audit is not None:
-                    router.audit.record(rest_event(
-                        principal, "read", fast.status,
-                        resource_refs=(f"{target[0]}/{target[1]}",),
-                        patient_refs=patients_of(fast.stored.body)))
+                    event = rest_event(principal, "read", fast.status,
+                                       resource_refs=(f"{target[0]}/{target[1]}",),
+                                       patient_refs=patients_of(fast.stored.body))
+                    if router.audit.congested:  # it would wait: not on the event loop
+                        await anyio.to_thread.run_sync(router.audit.record, event)
+                    else:
+                        router.audit.record(event)
                 return Response(fast.body if request.method == "GET" else None,
                                 status_code=fast.status, headers=fast.headers,
                                 media_type=FHIR_JSON)

@@ -560,9 +560,13 @@ def install_rule(repo) -> AuditRule:
 class AuditTrail:
     """Writes recorded events in the background, in batches of one unit of work each.
 
-    ``record(event)`` only queues (it never blocks on the database and never raises); a
-    daemon thread writes what is queued every ``flush_interval`` seconds, or as soon as
-    ``max_batch`` events are waiting, at most ``max_batch`` per unit of work. A batch that
+    ``record(event)`` queues (it never raises); a daemon thread writes what is queued every
+    ``flush_interval`` seconds, or as soon as ``max_batch`` events are waiting, at most
+    ``max_batch`` per unit of work. When the writer falls behind (``high_water`` events
+    waiting: more requests per second than it can store), ``record`` waits for it, up to
+    ``max_wait`` seconds a call: requests slow down to what can be audited rather than
+    audits being dropped (``congested`` tells a caller that must not block, such as the
+    event loop, to record from a worker thread). A batch that
     fails is logged and retried once after ``retry_delay`` seconds; if the retry fails too
     its events are counted in ``lost`` and logged (without their content); the thread goes
     on. At most ``max_queue`` events wait: beyond that (the database has been unreachable
@@ -575,12 +579,15 @@ class AuditTrail:
     """
 
     def __init__(self, repo, *, flush_interval: float = 0.25, max_batch: int = 500,
-                 max_queue: int = 100_000, retry_delay: float = 0.5):
+                 max_queue: int = 100_000, retry_delay: float = 0.5,
+                 high_water: int | None = None, max_wait: float = 2.0):
         self.repo = repo
         self.flush_interval = flush_interval
         self.max_batch = max(1, max_batch)
         self.max_queue = max_queue
         self.retry_delay = retry_delay
+        self.high_water = high_water if high_water is not None else 10 * self.max_batch
+        self.max_wait = max_wait
         #: events written, lost (a batch failed twice), dropped (queue full or closed)
         self.written = 0
         self.lost = 0
@@ -602,6 +609,13 @@ class AuditTrail:
         """Queue ``event`` for writing. Never blocks on the database, never raises."""
         try:
             with self._lock:
+                if len(self._queue) >= self.high_water and not self._closing:
+                    # backpressure: wait for the writer rather than outrun it
+                    deadline = time.monotonic() + self.max_wait
+                    while len(self._queue) >= self.high_water and not self._closing and \
+                            self._thread.is_alive() and time.monotonic() < deadline:
+                        self._wake.notify()
+                        self._progress.wait(0.05)
                 if self._closing or len(self._queue) >= self.max_queue:
                     self.dropped += 1
                     dropped = self.dropped
@@ -616,6 +630,11 @@ class AuditTrail:
                           "closed" if self._closing else "queue full", dropped)
         except Exception:  # noqa: BLE001 - a request must never fail because of its audit
             log.exception("audit trail: could not queue an audit event")
+
+    @property
+    def congested(self) -> bool:
+        """``record`` would wait for the writer now."""
+        return len(self._queue) >= self.high_water
 
     @property
     def pending(self) -> int:

@@ -113,6 +113,8 @@ class TokenService:
         self._lock = threading.Lock()
         self._last_reload = 0.0
         self._last_purge = 0.0
+        #: token text -> (principal, exp, audience, issuer) of tokens verified already
+        self._verified: dict[str, tuple[Principal, float, str, str]] = {}
 
     # ------------------------------------------------------------ signing keys
 
@@ -251,7 +253,29 @@ class TokenService:
     # ------------------------------------------------------------ bearer tokens
 
     def verify(self, token: str, *, audience: str, issuer: str) -> Principal | None:
-        """The principal of a valid access token; None (and a log line) otherwise."""
+        """The principal of a valid access token; None (and a log line) otherwise.
+
+        A token verified once is remembered (by its exact text, for this audience and
+        issuer) until it expires, so later requests cost a dict look-up instead of a JWT
+        decode (~180 us); the client's revocation is still checked every time."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, exp, aud, iss = hit
+            if exp > time.time() and aud == audience and iss == issuer:
+                client = self.clients.get(principal.client_id)
+                if client is not None and client.active:
+                    return principal
+            self._verified.pop(token, None)
+        found = self._verify(token, audience=audience, issuer=issuer)
+        if found is not None:
+            if len(self._verified) >= 50_000:
+                self._verified.clear()
+            self._verified[token] = found
+            return found[0]
+        return None
+
+    def _verify(self, token: str, *, audience: str, issuer: str
+                ) -> tuple[Principal, float, str, str] | None:
         try:
             header = jwt.get_unverified_header(token)
             key = self._key(header.get("kid") or "")
@@ -272,4 +296,6 @@ class TokenService:
             scopes = narrow(claims.get("scope"), Scopes.parse(client.scope))
         except OAuthError:
             return None  # the client no longer holds any of the token's scopes
-        return client.principal(scopes, claims.get("jti"))
+        # remembered a little less long than it lives: the leeway is for skew, not reuse
+        return (client.principal(scopes, claims.get("jti")), float(claims["exp"]),
+                audience, issuer)

@@ -519,3 +519,46 @@ def test_trail_and_rule_together(repo, trail, as_principal):
     events = find(repo, patient="Patient/p42")
     assert sorted(e["action"] for e in events) == ["C", "R"]
     assert all(e["agent"][0]["who"]["reference"] == "Organization/acme" for e in events)
+
+
+def test_a_trail_that_falls_behind_slows_callers_instead_of_dropping(db_url):
+    """Backpressure: with the writer stalled, record() waits (up to max_wait) once
+    high_water events are queued, and nothing is dropped."""
+    import threading
+    import time as _time
+
+    from fhirgw.search import SearchEngine
+    from fhirgw.security.audit import AuditTrail, rest_event
+    from fhirgw.store.db import make_engine, migrate
+    from fhirgw.store.repository import Repository
+
+    eng = make_engine(db_url)
+    migrate(eng)
+    repo = Repository(eng, SearchEngine())
+    gate = threading.Event()
+    real_run = repo.run
+
+    def slow_run(fn, write=True):
+        gate.wait(5)
+        return real_run(fn, write)
+
+    repo.run = slow_run
+    trail = AuditTrail(repo, max_batch=5, high_water=10, max_wait=0.3, flush_interval=0.01)
+    try:
+        event = rest_event(None, "read", 200, resource_refs=("Patient/1",))
+        for _ in range(15):
+            trail.record(event)
+        _time.sleep(0.2)                    # the writer took a batch of 5 and is stalled
+        assert trail.pending == 10
+        started = _time.monotonic()
+        trail.record(event)                 # the 16th waits for the stalled writer
+        assert _time.monotonic() - started >= 0.25
+        assert trail.congested
+        gate.set()
+        assert trail.flush(10)
+        assert trail.dropped == 0 and trail.written == 16
+        assert not trail.congested
+    finally:
+        gate.set()
+        trail.close()
+        eng.dispose()
