@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     install_audit_rule(repo)
     trail = AuditTrail(repo)
     router.audit = trail
+    auth.audit = trail
     app.state.audit = trail
     if getattr(app.state, "sync_worker", None) is not None:
         app.state.sync_worker.audit = trail   # deliveries are disclosures

@@ -30,8 +30,24 @@ OPEN_PATHS = frozenset({"metadata", ".well-known/smart-configuration"})
 _CHALLENGE = 'Bearer realm="fhirgw"'
 
 
+def _claimed_client(form: dict, authorization: str | None) -> str | None:
+    """The client_id a refused token request claimed (for the audit record), if readable."""
+    import base64
+
+    if form.get("client_id"):
+        return form["client_id"][:64]
+    if authorization and authorization[:6].lower() == "basic ":
+        try:
+            return base64.b64decode(authorization[6:].strip()).decode().split(":", 1)[0][:64]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return None
+
+
 class Auth:
     def __init__(self, settings: Settings, engine) -> None:
+        #: where refused token requests are audited (set by create_app)
+        self.audit = None
         self.enabled = settings.auth_enabled
         self.clients = ClientStore(engine)
         self.tokens = TokenService(engine, self.clients, settings.token_lifetime)
@@ -113,6 +129,13 @@ def install(app: FastAPI, auth: Auth, base_of) -> None:
                 lambda: auth.tokens.token(form, request.headers.get("authorization"),
                                           token_url=token_url, audience=base, issuer=issuer))
         except OAuthError as exc:
+            if auth.audit is not None and exc.status == 401:  # a refused authentication
+                from ..security.audit import denied_event
+                auth.audit.record(denied_event(
+                    None, None, 401, reason="client authentication failed at the token "
+                                            "endpoint",
+                    address=request.client.host if request.client else None,
+                    client_id=_claimed_client(form, request.headers.get("authorization"))))
             return _oauth_error(request, exc)
         return Response(orjson.dumps(issued.json()), media_type="application/json",
                         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})

@@ -424,3 +424,12 @@ def test_partner_reads_messages_addressed_to_it_only(world):
     got = {e["resource"]["id"] for e in found.get("entry", [])
            if e["resource"]["resourceType"] == "Bundle"}
     assert ids["partner-org"] in got and ids["other-org"] not in got
+
+
+def test_refused_token_requests_are_audited(world):
+    origin = world.base[: -len("/fhir")]
+    r = world.http.post(f"{origin}/auth/token", data={"grant_type": "client_credentials"},
+                        auth=(world.ids["reader"], "not-the-secret"))
+    assert r.status_code == 401
+    events = _audit(world, f"altid={world.ids['reader']}&outcome=4")
+    assert any("token endpoint" in (e.get("outcomeDesc") or "") for e in events)
