@@ -34,6 +34,31 @@ def _default_search_engine(settings: Settings):
     return SearchEngine(base_urls=[settings.base_url] if settings.base_url else [])
 
 
+def _install_sync(app: FastAPI, repo: Repository, settings: Settings):
+    """Sync (fhirgw/sync): the outbox routing rule, the /admin API and, unless
+    ``settings.worker`` is off, the delivery/poll worker, run with the app and woken when a
+    commit queued deliveries."""
+    from .api.admin import router as admin_router
+    from .sync import setup
+
+    rule, worker = setup(repo, settings)
+    app.state.sync_worker = worker
+    app.state.sync_config = worker.config
+    app.include_router(admin_router(repo, worker))
+    if settings.worker:
+        written = [rule.rows_written]
+
+        def wake_on_new_rows(_stored) -> None:
+            # only a commit that queued deliveries wakes the worker (an ingest of
+            # thousands of unrouted resources must not make it poll after each one)
+            if rule.rows_written != written[0]:
+                written[0] = rule.rows_written
+                worker.wake()
+        repo.after_commit.append(wake_on_new_rows)
+        run_with_app(app, start=worker.start, stop=worker.stop)
+    return worker
+
+
 def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     """The gateway as an ASGI app; ``search_engine`` defaults to the official R4 one."""
     from .search.custom import CustomParameters
@@ -81,10 +106,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     install(app, router, auth)
     openapi.install(app, search.registry)
     app.add_middleware(AccessLog)
-    # ---- sync (fhirgw/sync): outbox routing rule, delivery/poll worker, /admin API
-    from .sync import install as install_sync
-    install_sync(app, repo, settings)
-    # ---- end sync
+    _install_sync(app, repo, settings)
     # ---- audit (fhirgw/security/audit): writes in their transaction (the last rule),
     # reads, searches and refusals through a batched background writer
     install_audit_rule(repo)
