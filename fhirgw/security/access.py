@@ -296,6 +296,10 @@ def filter_page(tx, principal: Principal | None, page) -> int:
 
     page.matches = keep(page.matches, True)
     page.included = keep(page.included, False)
+    if view is not None:
+        # the count is taken before the view's per-resource checks (Part 2, messages to
+        # others): it could reveal what the partner may not see, so it is not given
+        page.total = None
     return dropped
 
 

@@ -433,3 +433,13 @@ def test_refused_token_requests_are_audited(world):
     assert r.status_code == 401
     events = _audit(world, f"altid={world.ids['reader']}&outcome=4")
     assert any("token endpoint" in (e.get("outcomeDesc") or "") for e in events)
+
+
+def test_partner_searches_carry_no_total(world):
+    """A count taken before the Part 2 filter could reveal withheld referrals."""
+    for query in ("ServiceRequest?_summary=count", "ServiceRequest?_total=accurate",
+                  "Bundle?_total=accurate"):
+        r = world.call("partner", "GET", query)
+        assert r.status_code == 200
+        assert "total" not in r.json(), query
+    assert "total" in world.call("reader", "GET", "ServiceRequest?_total=accurate").json()
