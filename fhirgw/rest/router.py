@@ -19,7 +19,7 @@ from ..model import resources as res
 from ..model.errors import (BadRequest, MethodNotAllowed, NotFound,
                             UnsupportedMediaType)
 from ..model.errors import FhirError
-from ..security.access import authorize, guard_read, require
+from ..security.access import authorize, check_message, guard_read, require
 from ..security.audit import (check_append_only, denied_event, disclosure_event,
                               interaction_for, patients_of, reset_interaction, rest_event,
                               set_interaction)
@@ -514,7 +514,9 @@ class Router:
     def process_message(self, req, tx):
         from ..operations.messaging import process_message
         message = req.json()
-        for rtype in sorted(_entry_types(message) - {"MessageHeader"}):
+        types = _entry_types(message)
+        check_message(req.principal, types)
+        for rtype in sorted(types - {"MessageHeader"}):
             require(req.principal, rtype, "cu", f"send {rtype} in a message")
         bundle = self._run(tx, lambda t: process_message(t, message, base=req.base,
                                                          settings=self.settings))

@@ -73,6 +73,10 @@ _CONSTRAINED = frozenset({"Task", "ServiceRequest", "Patient", "Organization",
 PARTNER_HANDLERS = frozenset({"read", "search_type", "search_post", "compartment", "update",
                               "patch", "create", "process_message", "metadata", "bundle",
                               "validate_type"})
+#: what a partner's message ($process-message) may carry: its report (a pharmacy's
+#: dispense, a note) and its own Tasks; never our clients' records to overwrite
+PARTNER_MESSAGE_TYPES = frozenset({"MessageHeader", "MedicationDispense", "Communication",
+                                   "Task", "OperationOutcome"})
 #: the minimum necessary of a client a partner sees
 PATIENT_MINIMUM = ("resourceType", "id", "meta", "identifier", "name", "birthDate", "gender",
                    "telecom", "address")
@@ -130,6 +134,16 @@ def authorize(principal: Principal | None, handler: str, params: dict, req) -> N
     if handler in OPEN:
         return
     raise _denied(principal, f"call {handler}")  # a handler nobody classified: closed
+
+
+def check_message(principal: Principal | None, types: set[str]) -> None:
+    """A partner's message may carry only ``PARTNER_MESSAGE_TYPES``."""
+    if principal is None or not principal.is_partner:
+        return
+    other = sorted(types - PARTNER_MESSAGE_TYPES)
+    if other:
+        raise _denied(principal, f"send {', '.join(other)} in a message (a partner's message "
+                                 f"carries {', '.join(sorted(PARTNER_MESSAGE_TYPES))})")
 
 
 def _authorize_partner(principal: Principal, handler: str, params: dict, req) -> None:

@@ -443,3 +443,19 @@ def test_partner_searches_carry_no_total(world):
         assert r.status_code == 200
         assert "total" not in r.json(), query
     assert "total" in world.call("reader", "GET", "ServiceRequest?_total=accurate").json()
+
+
+def test_a_partner_message_cannot_carry_our_clients_records(world):
+    message = {"resourceType": "Bundle", "type": "message",
+               "identifier": {"system": "urn:partner:msg", "value": "m-1"},
+               "timestamp": "2026-04-01T10:00:00Z", "entry": [
+                   {"fullUrl": "urn:uuid:8a0c0e2e-0000-4000-8000-000000000001",
+                    "resource": {"resourceType": "MessageHeader",
+                                 "id": "8a0c0e2e-0000-4000-8000-000000000001",
+                                 "eventCoding": {"system": "urn:x", "code": "note"},
+                                 "source": {"endpoint": "http://partner.example/fhir"}}},
+                   {"fullUrl": "urn:uuid:8a0c0e2e-0000-4000-8000-000000000002",
+                    "resource": {"resourceType": "Patient", "name": [{"family": "P1"}],
+                                 "identifier": [{"system": "urn:iop:mrn", "value": "x"}]}}]}
+    r = world.call("partner", "POST", "$process-message", message)
+    assert r.status_code == 403 and "Patient" in r.text
