@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from fhirgw.store.tables import resource_history
+from tests.auth import admin_token
 
 TYPES = ("Patient", "Task", "ServiceRequest", "Consent", "AuditEvent", "Condition")
 PATHS = "|".join([rf"/fhir/{t}(/.*)?" for t in TYPES] + [r"/fhir", r"/auth/token",
@@ -28,11 +29,8 @@ def gateway(tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/fhirgw.db"
     app = create_app(Settings(database_url=db, base_url="http://testserver/fhir",
                               worker=False))
-    client, secret = app.state.auth.clients.create("fuzzer", "system/*.cruds fhirgw/admin")
     with TestClient(app, base_url="http://testserver") as http:
-        r = http.post("/auth/token", data={"grant_type": "client_credentials"},
-                      auth=(client.client_id, secret))
-        app.state.fuzz_token = r.json()["access_token"]
+        app.state.fuzz_token = admin_token(app, http)
         yield app
     app.state.router.repo.engine.dispose()
 

@@ -7,11 +7,10 @@ type-limited writer (``system/Patient.cru``), a partner bound to an Organization
 """
 from __future__ import annotations
 
-import base64
-
 import httpx
 import pytest
 
+from tests.auth import grant, token_for
 from tests.integration.conftest import bind_free_port, start_server
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -35,12 +34,7 @@ class World:
         self.ids: dict[str, str] = {}
 
     def token(self, client_id: str, secret: str) -> str:
-        origin = self.base[: -len("/fhir")]
-        basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-        r = self.http.post(f"{origin}/auth/token", data={"grant_type": "client_credentials"},
-                           headers={"Authorization": f"Basic {basic}"})
-        assert r.status_code == 200, r.text
-        return r.json()["access_token"]
+        return token_for(self.base, client_id, secret)
 
     def call(self, kind: str, method: str, path: str, body=None, headers=None):
         h = {"Accept": "application/fhir+json", **(headers or {})}
@@ -63,15 +57,12 @@ def world(tmp_path_factory):
     app = create_app(Settings(database_url=db, base_url=base, worker=False))
     stop = start_server(app, sock)
     w = World(base, app)
-    store = app.state.auth.clients
-    secrets = {}
     for kind, scope in SCOPES.items():
         org = "Organization/partner-org" if kind == "partner" else None
-        client, secret = store.create(f"{kind}-client", scope, organization=org)
-        secrets[kind] = (client.client_id, secret)
-        w.ids[kind] = client.client_id
-        w.tokens[kind] = w.token(client.client_id, secret)
-    store.revoke(secrets["revoked"][0])
+        client_id, secret = grant(app, scope, org, name=f"{kind}-client")
+        w.ids[kind] = client_id
+        w.tokens[kind] = w.token(client_id, secret)
+    app.state.auth.clients.revoke(w.ids["revoked"])
 
     # the data, written by the admin
     def put(path, body):
@@ -228,10 +219,7 @@ def test_partner_includes_outside_its_view_are_dropped(world):
 
 
 def test_include_needs_read_scope_of_the_included_type(world):
-    store = world.app.state.auth.clients
-    client, secret = store.create("task-only", "system/Task.rs")
-    token = world.token(client.client_id, secret)
-    world.tokens["task-only"] = token
+    world.tokens["task-only"] = world.token(*grant(world.app, "system/Task.rs"))
     r = world.call("task-only", "GET", "Task?_include=Task:patient")
     assert r.status_code == 200
     types = [e["resource"]["resourceType"] for e in r.json()["entry"]]
