@@ -157,7 +157,10 @@ _UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
                     .values(version=bindparam("b_version"),
                             last_updated=bindparam("b_last_updated"),
                             deleted=bindparam("b_deleted"), body=bindparam("b_body")))
-_INSERT_HISTORY = insert(resource_history)
+#: history rows as tuples to the driver's executemany (see ``_insert_index``)
+_RAW_HISTORY = ("INSERT INTO resource_history (rid, res_type, res_id, version, last_updated, "
+                "method, deleted, body) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}, "
+                "{mark}, {mark})")
 #: (kind, columns, placeholder) -> INSERT for the driver's executemany (``_insert_index``)
 _RAW_INSERT: dict[tuple, str] = {}
 
@@ -446,10 +449,10 @@ class Tx:
                  "b_deleted": p.body is None, "b_body": p.data} for p in old])
             for table in INDEX_TABLES.values():
                 self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
-        self.conn.execute(_INSERT_HISTORY, [
-            {"rid": p.rid, "res_type": p.res_type, "res_id": p.res_id, "version": p.version,
-             "last_updated": p.now, "method": p.method, "deleted": p.body is None,
-             "body": p.data} for p in pending])
+        mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+        self.conn.exec_driver_sql(_RAW_HISTORY.format(mark=mark), [
+            (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, p.data)
+            for p in pending])
         index: dict[str, list[dict]] = {}
         extract = self.repo.search_engine.index_rows
         for p in pending:
