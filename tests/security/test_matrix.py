@@ -1,6 +1,8 @@
 """Authorization matrix: each kind of client x each interaction, allowed or denied, over real
 HTTP (uvicorn on 127.0.0.1) with tokens from the gateway's own token endpoint.
 
+Runs on SQLite and on PostgreSQL (the partner view's constraints are SQL).
+
 Kinds: an admin, a reader (v2 ``system/*.rs``), a v1 reader (``system/*.read``), a
 type-limited writer (``system/Patient.cru``), a partner bound to an Organization (with
 ``system/*.cruds``: isolation wins over scopes), a revoked client, and no token at all.
@@ -11,7 +13,7 @@ import httpx
 import pytest
 
 from tests.auth import grant, token_for
-from tests.integration.conftest import bind_free_port, start_server
+from tests.integration.conftest import bind_free_port, live_db_url, start_server  # noqa: F401
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 KINDS = ("admin", "reader", "v1reader", "patientwriter", "partner", "revoked", "anonymous")
@@ -47,14 +49,14 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(live_db_url):
+    """One gateway per database (SQLite, PostgreSQL) with the clients and data below."""
     from fhirgw.app import create_app
     from fhirgw.config import Settings
 
     sock = bind_free_port()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
-    db = f"sqlite:///{tmp_path_factory.mktemp('matrix')}/fhirgw.db"
-    app = create_app(Settings(database_url=db, base_url=base, worker=False))
+    app = create_app(Settings(database_url=live_db_url, base_url=base, worker=False))
     stop = start_server(app, sock)
     w = World(base, app)
     for kind, scope in SCOPES.items():
