@@ -61,7 +61,7 @@ class RawDecimal(float):
 _NUMBER = re.compile(rb"[:\[,]\s*-?(\d[\d.eE+\-]*)(?=\s*[,\]}])")
 
 
-def _lossy(body: bytes) -> bool:
+def has_lossy_numbers(body: bytes) -> bool:
     """Does ``body`` hold a JSON number a float would change? Only the numbers are looked
     at (a value after ``:``, ``[`` or ``,`` that ends where a JSON number ends), three times
     faster than one regular expression trying every position of a large Bundle."""
@@ -85,7 +85,7 @@ def loads(body: bytes | str) -> Any:
     if isinstance(body, str):
         body = body.encode()
     try:
-        if not _lossy(body):
+        if not has_lossy_numbers(body):
             return orjson.loads(body)
         return json.loads(body, parse_float=RawDecimal)
     except (orjson.JSONDecodeError, ValueError, UnicodeDecodeError) as exc:
