@@ -78,6 +78,22 @@ def list_(all_: bool = typer.Option(False, "--all", help="revoked clients too"),
         typer.echo(json.dumps(client.public()))
 
 
+@clients_app.command("scope")
+def scope(client_id: str = typer.Argument(...),
+          scopes: str = typer.Argument(..., help='the new scopes, e.g. "system/Task.rus"'),
+          database: str = DATABASE) -> None:
+    """Replace a client's scopes; its live tokens keep only what the new ones grant
+    (within seconds in other processes)."""
+    from .clients import ClientError
+
+    try:
+        client = _store(database).set_scope(client_id, scopes)
+    except ClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(client.public()))
+
+
 @clients_app.command("revoke")
 def revoke(client_id: str = typer.Argument(...), database: str = DATABASE) -> None:
     """Revoke a client: no new tokens, and its tokens stop working (within seconds in

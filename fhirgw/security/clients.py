@@ -174,6 +174,30 @@ class ClientStore:
             self._cache.pop(client_id, None)
         return bool(n)
 
+    def set_scope(self, client_id: str, scope: str) -> Client:
+        """Replace an active client's scopes. Its live tokens keep only what the new scopes
+        still grant (checked on every request, within ``ttl`` in other processes)."""
+        try:
+            scopes = Scopes.parse(scope)
+        except ScopeError as exc:
+            raise ClientError(str(exc)) from None
+        if not scopes.grants and not scopes.admin:
+            raise ClientError("a client needs at least one scope, e.g. 'system/*.rs'")
+        current = self.get(client_id)
+        if current is None or not current.active:
+            raise ClientError(f"no active client {client_id}")
+        if scopes.admin and current.organization:
+            raise ClientError(f"a partner client (bound to an Organization) cannot have "
+                              f"{ADMIN_SCOPE}")
+        with self.engine.begin() as conn:
+            conn.execute(update(auth_client).where(auth_client.c.client_id == client_id)
+                         .values(scope=scopes.text()))
+        with self._lock:
+            self._cache.pop(client_id, None)
+        found = self.get(client_id)
+        assert found is not None
+        return found
+
     def count_active(self) -> int:
         return len(self.list())
 

@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from .clients import Client, ClientStore
-from .principal import Principal, Scopes, ScopeError, parse_scope
+from .principal import PERMISSIONS, Principal, Scopes, ScopeError, parse_scope
 from .tables import auth_jti, auth_key
 
 log = logging.getLogger("fhirgw.auth")
@@ -78,8 +78,13 @@ class Issued:
 
 
 def narrow(requested: str | None, granted: Scopes) -> Scopes:
-    """The requested scopes the client holds (all it holds when nothing is asked for);
-    OAuthError ``invalid_scope`` when none of them is held."""
+    """What of the requested scopes the client holds (all it holds when nothing is asked
+    for): each requested permission kept where a grant covers it, ``system/*.x`` becoming
+    the client's own types; OAuthError ``invalid_scope`` when nothing is held.
+
+    >>> narrow("system/*.rs system/Patient.c", Scopes.parse("system/Task.rus system/Patient.cr")).text()
+    'system/Task.rs system/Patient.cr'
+    """
     if not requested or not requested.strip():
         return granted
     grants = []
@@ -92,15 +97,25 @@ def narrow(requested: str | None, granted: Scopes) -> Scopes:
             rtype, perms = parse_scope(s)
         except ScopeError as exc:
             raise OAuthError("invalid_scope", str(exc)) from None
-        held = "".join(p for p in perms
-                       if (granted.allows(rtype, p) if rtype != "*"
-                           else granted.types_with(p) is None))
-        if held:
-            grants.append((rtype, held))
+        if rtype != "*":
+            held = "".join(p for p in perms if granted.allows(rtype, p))
+            if held:
+                grants.append((rtype, held))
+            continue
+        # system/*.x asked: what each grant gives of x (system/*.rs from a client holding
+        # system/Task.rs is system/Task.rs)
+        for gtype, gperms in granted.grants:
+            held = "".join(p for p in perms if p in gperms)
+            if held:
+                grants.append((gtype, held))
     if not grants and not admin:
         raise OAuthError("invalid_scope", "None of the requested scopes is granted to this "
                                           "client")
-    return Scopes(tuple(grants), admin)
+    merged: dict[str, str] = {}
+    for rtype, perms in grants:
+        have = merged.get(rtype, "") + perms
+        merged[rtype] = "".join(p for p in PERMISSIONS if p in have)
+    return Scopes(tuple(merged.items()), admin)
 
 
 class TokenService:
@@ -113,8 +128,8 @@ class TokenService:
         self._lock = threading.Lock()
         self._last_reload = 0.0
         self._last_purge = 0.0
-        #: token text -> (principal, exp, audience, issuer) of tokens verified already
-        self._verified: dict[str, tuple[Principal, float, str, str]] = {}
+        #: token text -> (principal, exp, audience, issuer, client scope) of tokens verified
+        self._verified: dict[str, tuple[Principal, float, str, str, str]] = {}
 
     # ------------------------------------------------------------ signing keys
 
@@ -260,12 +275,12 @@ class TokenService:
         decode (~180 us); the client's revocation is still checked every time."""
         hit = self._verified.get(token)
         if hit is not None:
-            principal, exp, aud, iss = hit
+            principal, exp, aud, iss, scope = hit
             if exp > time.time() and aud == audience and iss == issuer:
                 client = self.clients.get(principal.client_id)
-                if client is not None and client.active:
+                if client is not None and client.active and client.scope == scope:
                     return principal
-            self._verified.pop(token, None)
+            self._verified.pop(token, None)  # expired, revoked or its scopes changed
         found = self._verify(token, audience=audience, issuer=issuer)
         if found is not None:
             if len(self._verified) >= 50_000:
@@ -275,7 +290,7 @@ class TokenService:
         return None
 
     def _verify(self, token: str, *, audience: str, issuer: str
-                ) -> tuple[Principal, float, str, str] | None:
+                ) -> tuple[Principal, float, str, str, str] | None:
         try:
             header = jwt.get_unverified_header(token)
             key = self._key(header.get("kid") or "")
@@ -296,6 +311,7 @@ class TokenService:
             scopes = narrow(claims.get("scope"), Scopes.parse(client.scope))
         except OAuthError:
             return None  # the client no longer holds any of the token's scopes
-        # remembered a little less long than it lives: the leeway is for skew, not reuse
+        # remembered until it expires (the leeway is for skew, not reuse), with the
+        # client's scopes as they were: a change of them means checking again
         return (client.principal(scopes, claims.get("jti")), float(claims["exp"]),
-                audience, issuer)
+                audience, issuer, client.scope)

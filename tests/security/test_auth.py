@@ -563,3 +563,27 @@ def test_clients_cli_leaves_the_environment_alone(app):
     before = os.environ.get("FHIRGW_DATABASE_URL")
     CliRunner().invoke(cli, ["clients", "list", "--database", db])
     assert os.environ.get("FHIRGW_DATABASE_URL") == before
+
+
+def test_clients_cli_scope_narrows_live_tokens(app, http):
+    from fhirgw.cli import app as cli
+
+    db = str(app.state.router.repo.engine.url.render_as_string(hide_password=False))
+    runner = CliRunner()
+    cid, secret = grant(app, "system/*.rs")
+    token = token_for(http, cid, secret)
+    assert http.get("/fhir/Patient", headers=bearer(token)).status_code == 200
+    changed = runner.invoke(cli, ["clients", "scope", cid, "system/Task.rs",
+                                  "--database", db])
+    assert changed.exit_code == 0, changed.output
+    assert json.loads(changed.stdout)["scope"] == "system/Task.rs"
+    # the gateway's cached client expires within its ttl (2 s): then Patient is refused
+    deadline = time.monotonic() + 3.0
+    while http.get("/fhir/Patient", headers=bearer(token)).status_code != 403:
+        assert time.monotonic() < deadline, "the old scopes still work after 3 s"
+        time.sleep(0.1)
+    assert http.get("/fhir/Task", headers=bearer(token)).status_code == 200
+    bad = runner.invoke(cli, ["clients", "scope", cid, "patient/Patient.r", "--database", db])
+    assert bad.exit_code == 2 and "system/" in bad.output
+    gone = runner.invoke(cli, ["clients", "scope", "nobody", "system/*.rs", "--database", db])
+    assert gone.exit_code == 2 and "no active client" in gone.output
