@@ -66,9 +66,9 @@ class Reindexer:
         """Run a job to the end in this thread."""
         engine = self.repo.search_engine
         job.status = "running"
-        job.total = self.count(job.types)
         after = 0
         try:
+            job.total = self.count(job.types)   # fails like the rest (database gone, ...)
             while True:
                 done, after = self.repo.run(lambda tx: engine.reindex_batch(
                     tx.conn, job.types, after_rid=after, limit=self.batch))
