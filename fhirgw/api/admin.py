@@ -9,6 +9,7 @@
 
 Requests need an access token of a client with scope ``fhirgw/admin`` (the first-start
 admin client has it). The sync config's ``[admin] token``, when set, is accepted too.
+Retries and discards, and refused requests, leave AuditEvents.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from ..model.errors import FhirError
+from ..security.audit import denied_event, rest_event
 
 #: database ids and paging fit a signed 64-bit integer (larger ones are a 422, not a crash)
 RowId = Annotated[int, Path(ge=1, le=2 ** 63 - 1)]
@@ -32,14 +34,31 @@ def router(repo, worker) -> APIRouter:
     engine = repo.engine
     token = worker.config.admin_token
 
+    def audit(request: Request, event: dict) -> None:
+        trail = getattr(request.app.state, "audit", None)
+        if trail is not None:
+            trail.record(event)
+
+    def done(request: Request, what: str) -> None:
+        """An operator's change to the outbox leaves an AuditEvent."""
+        audit(request, rest_event(getattr(request.state, "principal", None), "operation", 200,
+                                  description=f"admin: {what}"))
+
+    def refuse(request: Request, status: int, message: str, principal=None, **kw):
+        audit(request, denied_event(principal, "operation", status,
+                                    reason=f"admin API: {message}",
+                                    address=request.client.host if request.client else None))
+        return HTTPException(status, message, **kw)
+
     def check(request: Request) -> None:
         given = request.headers.get("authorization")
+        request.state.principal = None
         if token and given == f"Bearer {token}":
             return  # the sync config's own admin token
         auth = getattr(request.app.state, "auth", None)
         if auth is None or not auth.enabled:
             if token:
-                raise HTTPException(401, "admin token required")
+                raise refuse(request, 401, "admin token required")
             return
         base = f"{request.url.scheme}://{request.headers.get('host') or 'localhost'}/fhir"
         settings = request.app.state.settings
@@ -47,10 +66,11 @@ def router(repo, worker) -> APIRouter:
             principal = auth.principal("GET", "admin", given, settings.base_url.rstrip("/")
                                        or base)
         except FhirError:
-            raise HTTPException(401, "an access token with scope fhirgw/admin is required",
-                                headers={"WWW-Authenticate": 'Bearer realm="fhirgw"'}) from None
+            raise refuse(request, 401, "an access token with scope fhirgw/admin is required",
+                         headers={"WWW-Authenticate": 'Bearer realm="fhirgw"'}) from None
         if not principal.scopes.admin:
-            raise HTTPException(403, "this client lacks scope fhirgw/admin")
+            raise refuse(request, 403, "this client lacks scope fhirgw/admin", principal)
+        request.state.principal = principal
 
     r = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(check)])
 
@@ -61,9 +81,12 @@ def router(repo, worker) -> APIRouter:
                                        limit=min(limit, 1000), offset=offset)
 
     @r.post("/outbox/retry")
-    async def outbox_retry_all(status: str = "dead", partner: str | None = None):
+    async def outbox_retry_all(request: Request, status: str = "dead",
+                               partner: str | None = None):
         n = await run_in_threadpool(ob.retry, engine, None, status=status, partner=partner)
         worker.wake()
+        done(request, f"retried {n} {status} outbox row(s)"
+                      + (f" of partner {partner}" if partner else ""))
         return {"retried": n}
 
     @r.get("/outbox/{row_id}")
@@ -74,16 +97,18 @@ def router(repo, worker) -> APIRouter:
         return row
 
     @r.post("/outbox/{row_id}/retry")
-    async def outbox_retry(row_id: RowId):
+    async def outbox_retry(request: Request, row_id: RowId):
         if not await run_in_threadpool(ob.retry, engine, row_id):
             raise HTTPException(409, f"outbox row {row_id} is not dead, discarded or pending")
         worker.wake()
+        done(request, f"retried outbox row {row_id}")
         return await run_in_threadpool(ob.show, engine, row_id)
 
     @r.post("/outbox/{row_id}/discard")
-    async def outbox_discard(row_id: RowId):
+    async def outbox_discard(request: Request, row_id: RowId):
         if not await run_in_threadpool(ob.discard, engine, row_id):
             raise HTTPException(409, f"outbox row {row_id} is not pending or dead")
+        done(request, f"discarded outbox row {row_id}")
         return await run_in_threadpool(ob.show, engine, row_id)
 
     @r.get("/metrics")

@@ -285,6 +285,17 @@ def test_admin_api_needs_the_admin_scope(http, app):
     assert http.get("/admin/metrics", headers=bearer("garbage")).status_code == 401
     assert http.get("/admin/metrics", headers=bearer(reader)).status_code == 403
     assert http.get("/admin/metrics", headers=bearer(admin)).status_code == 200
+    # operator actions and refusals leave AuditEvents
+    assert http.post("/admin/outbox/retry", headers=bearer(admin)).json() == {"retried": 0}
+    app.state.audit.flush()
+    found = http.get("/fhir/AuditEvent", params={"outcome": "0", "_count": "200"},
+                     headers=bearer(admin)).json()
+    descs = [e["resource"].get("outcomeDesc", "") for e in found.get("entry", [])]
+    assert any(d.startswith("admin: retried 0 dead") for d in descs)
+    refused = http.get("/fhir/AuditEvent", params={"outcome": "4", "_count": "200"},
+                       headers=bearer(admin)).json()
+    assert sum("admin API" in e["resource"].get("outcomeDesc", "")
+               for e in refused.get("entry", [])) >= 3
 
 
 # ---------------------------------------------------------------- scopes
