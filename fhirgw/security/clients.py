@@ -129,20 +129,12 @@ class ClientStore:
         name = (name or "").strip()
         if not name:
             raise ClientError("a client needs a name")
-        try:
-            scopes = Scopes.parse(scope)
-        except ScopeError as exc:
-            raise ClientError(str(exc)) from None
-        if not scopes.grants and not scopes.admin:
-            raise ClientError("a client needs at least one scope, e.g. 'system/*.rs'")
         if organization is not None:
             organization = organization.strip()
             if not organization.startswith("Organization/") or \
                     not organization.split("/", 1)[1]:
                 raise ClientError("--organization takes a reference such as Organization/123")
-            if scopes.admin:
-                raise ClientError(f"a partner client (bound to an Organization) cannot have "
-                                  f"{ADMIN_SCOPE}")
+        scopes = _checked_scopes(scope, organization)
         if jwks is not None:
             jwks = check_jwks(jwks)
         if not secret and jwks is None:
@@ -177,18 +169,11 @@ class ClientStore:
     def set_scope(self, client_id: str, scope: str) -> Client:
         """Replace an active client's scopes. Its live tokens keep only what the new scopes
         still grant (checked on every request, within ``ttl`` in other processes)."""
-        try:
-            scopes = Scopes.parse(scope)
-        except ScopeError as exc:
-            raise ClientError(str(exc)) from None
-        if not scopes.grants and not scopes.admin:
-            raise ClientError("a client needs at least one scope, e.g. 'system/*.rs'")
         current = self.get(client_id)
-        if current is None or not current.active:
+        active = current is not None and current.active
+        scopes = _checked_scopes(scope, current.organization if active else None)
+        if not active:
             raise ClientError(f"no active client {client_id}")
-        if scopes.admin and current.organization:
-            raise ClientError(f"a partner client (bound to an Organization) cannot have "
-                              f"{ADMIN_SCOPE}")
         with self.engine.begin() as conn:
             conn.execute(update(auth_client).where(auth_client.c.client_id == client_id)
                          .values(scope=scopes.text()))
@@ -226,6 +211,20 @@ class ClientStore:
             check_secret(secret, _DUMMY_HASH)
             return None
         return client if check_secret(secret, client.secret_hash) else None
+
+
+def _checked_scopes(scope: str, organization: str | None) -> Scopes:
+    """The scopes a client may be given, or ClientError saying why not."""
+    try:
+        scopes = Scopes.parse(scope)
+    except ScopeError as exc:
+        raise ClientError(str(exc)) from None
+    if not scopes.grants and not scopes.admin:
+        raise ClientError("a client needs at least one scope, e.g. 'system/*.rs'")
+    if scopes.admin and organization:
+        raise ClientError(f"a partner client (bound to an Organization) cannot have "
+                          f"{ADMIN_SCOPE}")
+    return scopes
 
 
 def _client(row) -> Client:
