@@ -373,19 +373,26 @@ def _identified(body: dict, ref: str, base: str, identifier_system: str) -> dict
     return {**body, "identifier": [*(body.get("identifier") or []), derived]}
 
 
+def _disclosed_bundle(tx, res_key: str, bundle: dict, partner: Partner, mapping: Mapping,
+                     kind: str) -> dict:
+    """A stored message or document Bundle as this partner may receive it: filtered for
+    Part 2 (``Disclosure.message`` / ``.document``), without server identity, mapped."""
+    disclosed = disclosure(tx, partner)
+    try:
+        bundle = getattr(disclosed, kind)(bundle)
+    except NothingToDisclose:
+        raise PayloadError(f"{res_key}: the {kind} cannot be sent: {NOTHING_TEXT}") from None
+    try:
+        return mapping.apply_all(_strip_identity(bundle), "out")
+    except MappingError as exc:
+        raise MappingError(f"{res_key}: {exc}") from None
+
+
 def message(tx, res_key: str, partner: Partner, mapping: Mapping) -> Payload:
     bundle = _read(tx, res_key)
     if bundle is None:
         raise NothingToSend(f"{res_key} no longer exists")
-    try:
-        bundle = disclosure(tx, partner).message(bundle)
-    except NothingToDisclose:
-        raise PayloadError(f"{res_key}: the message cannot be sent: {NOTHING_TEXT}") from None
-    out = _strip_identity(bundle)
-    try:
-        out = mapping.apply_all(out, "out")
-    except MappingError as exc:
-        raise MappingError(f"{res_key}: {exc}") from None
+    out = _disclosed_bundle(tx, res_key, bundle, partner, mapping, "message")
     path = "" if partner.address.endswith("$process-message") else "$process-message"
     return Payload("POST", path, out, "message")
 
@@ -397,15 +404,7 @@ def document(tx, res_key: str, partner: Partner, mapping: Mapping) -> Payload:
     ident = bundle.get("identifier") or {}
     if not ident.get("system") or not ident.get("value"):
         raise PayloadError(f"{res_key} has no Bundle.identifier to write it idempotently")
-    try:
-        bundle = disclosure(tx, partner).document(bundle)
-    except NothingToDisclose:
-        raise PayloadError(f"{res_key}: the document cannot be sent: {NOTHING_TEXT}") from None
-    out = _strip_identity(bundle)
-    try:
-        out = mapping.apply_all(out, "out")
-    except MappingError as exc:
-        raise MappingError(f"{res_key}: {exc}") from None
+    out = _disclosed_bundle(tx, res_key, bundle, partner, mapping, "document")
     ident = out.get("identifier") or ident
     cond = f"identifier={quote(ident['system'], safe=':/')}|{quote(ident['value'], safe='')}"
     return Payload("PUT", f"Bundle?{cond}", out, "document")
