@@ -20,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..model.errors import FhirError
 from ..security.audit import denied_event, rest_event
+from .auth import fhir_base
 
 #: database ids and paging fit a signed 64-bit integer (larger ones are a 422, not a crash)
 RowId = Annotated[int, Path(ge=1, le=2 ** 63 - 1)]
@@ -60,11 +61,9 @@ def router(repo, worker) -> APIRouter:
             if token:
                 raise refuse(request, 401, "admin token required")
             return
-        base = f"{request.url.scheme}://{request.headers.get('host') or 'localhost'}/fhir"
-        settings = request.app.state.settings
         try:
-            principal = auth.principal("GET", "admin", given, settings.base_url.rstrip("/")
-                                       or base)
+            principal = auth.principal("GET", "admin", given,
+                                       fhir_base(request, request.app.state.settings))
         except FhirError:
             raise refuse(request, 401, "an access token with scope fhirgw/admin is required",
                          headers={"WWW-Authenticate": 'Bearer realm="fhirgw"'}) from None

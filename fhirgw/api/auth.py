@@ -94,6 +94,15 @@ class Auth:
         }
 
 
+def fhir_base(request: Request, settings: Settings) -> str:
+    """The FHIR base a request addresses: ``FHIRGW_BASE_URL``, else ``scheme://Host/fhir``
+    (tokens are issued for, and checked against, this audience)."""
+    if settings.base_url:
+        return settings.base_url.rstrip("/")
+    host = request.headers.get("host") or "localhost"
+    return f"{request.url.scheme}://{host}/fhir"
+
+
 def _oauth_error(request: Request, exc: OAuthError) -> Response:
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     if exc.status == 401:

@@ -26,6 +26,7 @@ def error_response(exc: FhirError) -> Response:
 
 def install(app: FastAPI, router: Router, auth) -> None:
     """The /fhir routes, behind ``auth`` (``api.auth.Auth``)."""
+    from .auth import fhir_base
     from .auth import install as install_auth
 
     settings = router.settings
@@ -42,10 +43,7 @@ def install(app: FastAPI, router: Router, auth) -> None:
                         status_code=500, media_type=FHIR_JSON)
 
     def base_of(request: Request) -> str:
-        if settings.base_url:
-            return settings.base_url.rstrip("/")
-        host = request.headers.get("host") or "localhost"
-        return f"{request.url.scheme}://{host}/fhir"
+        return fhir_base(request, settings)
 
     inline_reads = router.repo.fast is not None and router.repo.fast.is_sqlite
     install_auth(app, auth, base_of)  # /auth/token and discovery, before the /fhir routes
