@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from ..model.errors import BadRequest, FhirError, Unprocessable, operation_outcome
 from ..model.references import local_id, rewrite_links
 from ..model.resources import SUPPORTED
+from ..security.access import PATIENT_MINIMUM  # what a pharmacy or prescriber needs
 from ..security import principal as principals
 from ..security.disclosure import NOTHING_TEXT, Disclosure
 from .params import Params
@@ -38,9 +39,6 @@ from .params import Params
 EVENT_SYSTEM = "http://fhirgw.dev/fhir/CodeSystem/iop-message-event"
 HANDOFF_PROFILE = "http://fhirgw.dev/fhir/StructureDefinition/iop-medication-handoff"
 NOTE_EXTENSION = "http://fhirgw.dev/fhir/StructureDefinition/handoff-note"
-#: what a pharmacy or prescriber needs of the client, and nothing more
-PATIENT_MINIMUM = ("resourceType", "id", "identifier", "name", "birthDate", "gender",
-                   "telecom", "address")
 
 
 def _now() -> str:

@@ -77,8 +77,9 @@ PARTNER_HANDLERS = frozenset({"read", "search_type", "search_post", "compartment
 #: dispense, a note) and its own Tasks; never our clients' records to overwrite
 PARTNER_MESSAGE_TYPES = frozenset({"MessageHeader", "MedicationDispense", "Communication",
                                    "Task", "OperationOutcome"})
-#: the minimum necessary of a client a partner sees
-PATIENT_MINIMUM = ("resourceType", "id", "meta", "identifier", "name", "birthDate", "gender",
+#: the minimum necessary of a client that leaves the program (partner reads, referral
+#: deliveries, medication handoffs)
+PATIENT_MINIMUM = ("resourceType", "id", "identifier", "name", "birthDate", "gender",
                    "telecom", "address")
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED", "display": "subsetted"}
@@ -230,7 +231,7 @@ def _message_to(bundle: dict, org: str) -> bool:
 
 
 def minimum_patient(body: dict) -> dict:
-    out = {k: v for k, v in body.items() if k in PATIENT_MINIMUM}
+    out = {k: v for k, v in body.items() if k in PATIENT_MINIMUM or k == "meta"}
     meta = dict(out.get("meta") or {})
     tags = [t for t in meta.get("tag") or [] if t.get("code") != "SUBSETTED"]
     meta["tag"] = tags + [SUBSETTED]
@@ -273,11 +274,12 @@ def guard_read(tx, principal: Principal | None, stored: Stored) -> Stored:
     """A read's result as ``principal`` may see it (404 when it may not)."""
     if principal is None or not principal.is_partner:
         return stored
-    body = PartnerView(tx, principal).view(stored.res_type, stored.res_id, stored.resource())
+    original = stored.resource()
+    body = PartnerView(tx, principal).view(stored.res_type, stored.res_id, original)
     if body is None:
         raise NotFound(f"{stored.res_type}/{stored.res_id} is not known",
                        expression=f"{stored.res_type}.id")
-    if body is not stored.resource():
+    if body is not original:  # reduced (a Patient) or redacted (a message): new bytes
         stored = Stored(stored.res_type, stored.res_id, stored.version, stored.last_updated,
                         stored.deleted, orjson.dumps(body))
     return stored

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 from ..model.errors import FhirError
 from ..model.references import local_id
-from ..operations.messaging import PATIENT_MINIMUM
+from ..security.access import PATIENT_MINIMUM
 from ..security.consent import patient_of
 from ..security.disclosure import NOTHING_TEXT, Disclosure, NothingToDisclose, ref_of
 from .mapping import Mapping, MappingError
