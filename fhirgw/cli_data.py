@@ -46,11 +46,9 @@ def _friendly(fn: F) -> F:
 def token_url_for(url: str) -> str:
     """The token endpoint of the gateway whose FHIR base is ``url`` ($FHIRGW_TOKEN_URL wins):
     ``http://h:p/fhir`` -> ``http://h:p/auth/token``."""
-    explicit = os.environ.get("FHIRGW_TOKEN_URL")
-    if explicit:
-        return explicit
-    base = url.rstrip("/")
-    return (base[: -len("/fhir")] if base.endswith("/fhir") else base) + "/auth/token"
+    from .security.tokens import origin_of
+
+    return os.environ.get("FHIRGW_TOKEN_URL") or f"{origin_of(url.rstrip('/'))}/auth/token"
 
 
 def auth_for(url: str, token: str | None = None) -> Any:
