@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -35,15 +36,23 @@ def pg_admin():
     return eng
 
 
-@pytest.fixture
-def pg_url(pg_admin):
-    name = "fhirgw_t_" + uuid.uuid4().hex[:12]
+@contextmanager
+def fresh_pg_database(pg_admin, prefix: str = "fhirgw_t_"):
+    """A new empty PostgreSQL database (its URL), dropped afterwards."""
+    name = prefix + uuid.uuid4().hex[:12]
     with pg_admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with pg_admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with pg_admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(pg_admin):
+    with fresh_pg_database(pg_admin) as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,14 +15,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import pytest
-from sqlalchemy import text
 
 from tests.auth import bearer, grant, token_for
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import fresh_pg_database
 
 
 @dataclass
@@ -60,13 +58,8 @@ def live_db_url(request, tmp_path_factory):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('live')}/fhirgw.db"
         return
-    pg_admin = request.getfixturevalue("pg_admin")
-    name = "fhirgw_it_" + uuid.uuid4().hex[:12]
-    with pg_admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with pg_admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_pg_database(request.getfixturevalue("pg_admin"), "fhirgw_it_") as url:
+        yield url
 
 
 def bind_free_port() -> socket.socket:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from tests.auth import grant, origin, token_for
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import fresh_pg_database
 from tests.integration.conftest import bind_free_port, start_server
 
 OUR_SYSTEM = "http://iop.example/sid/business-id"
@@ -196,13 +195,8 @@ def our_db(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/ours.db"
         return
-    pg_admin = request.getfixturevalue("pg_admin")
-    name = "fhirgw_sync_" + uuid.uuid4().hex[:12]
-    with pg_admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    with pg_admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_pg_database(request.getfixturevalue("pg_admin"), "fhirgw_sync_") as url:
+        yield url
 
 
 @pytest.fixture
