@@ -30,6 +30,7 @@ import orjson
 from ..model.errors import Forbidden, NotFound
 from ..model.references import local_id
 from ..store.repository import Stored, WriteRule
+from .audit import APPEND_ONLY, check_append_only, interaction_for
 from .principal import Principal, current
 
 #: REST handler -> (permission, the path variable naming the type)
@@ -103,7 +104,12 @@ def require(principal: Principal | None, res_type: str, permissions: str, what: 
 
 def authorize(principal: Principal | None, handler: str, params: dict, req) -> None:
     """Raise Forbidden unless ``principal`` may call ``handler`` with these path params.
-    None is the gateway itself (internal calls): allowed."""
+    None is the gateway itself (internal calls): allowed. Append-only types (AuditEvent)
+    refuse update, patch and delete to everyone (405), on every path: REST, batch and
+    transaction entries alike."""
+    rtype = params.get("type")
+    if rtype in APPEND_ONLY:
+        check_append_only(rtype, interaction_for(handler), instance="id" in params)
     if principal is None or handler in OPEN and not principal.is_partner:
         return
     if principal.is_partner:
