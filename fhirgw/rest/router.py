@@ -184,22 +184,17 @@ class Router:
                         resp: RestResponse) -> None:
         if self.audit is None or interaction == "capabilities":
             return
-        refs: list[str] = []
-        patients: set[str] = set()
+        shown = list(resp.seen)
         if resp.stored is not None:
-            refs.append(resp.stored.ref)
-            patients |= patients_of(resp.stored.body)
-        for rtype, rid, body in resp.seen:
-            refs.append(f"{rtype}/{rid}")
-            patients |= patients_of(body)
+            shown.insert(0, (resp.stored.res_type, resp.stored.res_id, resp.stored.body))
+        refs, patients = _concerned(shown)
         if not refs:
             refs = _refs(params)
         query = None
         if interaction.startswith("search"):
             query = "?".join(p for p in (req.path.strip("/"), urlencode(req.search_items)) if p)
         self.audit.record(rest_event(req.principal, interaction, resp.status,
-                                     resource_refs=refs, patient_refs=sorted(patients),
-                                     query=query))
+                                     resource_refs=refs, patient_refs=patients, query=query))
 
     def match(self, method: str, path: str) -> tuple[str, dict[str, str]]:
         """(handler name, path variables) of a request, or the FhirError it gets."""
@@ -475,12 +470,10 @@ class Router:
                 for e in bundle.get("entry") or []]
         recipient = req.param("recipient")
         if recipient and self.audit is not None:  # a disclosure, not only a read
-            patients: set[str] = set()
-            for _t, _i, body in seen:
-                patients |= patients_of(body)
+            refs, patients = _concerned(seen)
             self.audit.record(disclosure_event(
-                req.principal, recipient, 200, resource_refs=[f"{t}/{i}" for t, i, _b in seen],
-                patient_refs=sorted(patients), interaction="operation",
+                req.principal, recipient, 200, resource_refs=refs,
+                patient_refs=patients, interaction="operation",
                 purpose=req.param("purpose")))
         if req.format == "html":
             return RestResponse(200, render_html(bundle).encode(), {},
@@ -584,6 +577,14 @@ def _interaction(name: str, req: RestRequest) -> str:
         return "transaction" if isinstance(body, dict) and \
             body.get("type") == "transaction" else "batch"
     return interaction_for(name)
+
+
+def _concerned(shown) -> tuple[list[str], list[str]]:
+    """The ``Type/id`` of each (type, id, body) shown, and the patients they concern."""
+    patients: set[str] = set()
+    for _t, _i, body in shown:
+        patients |= patients_of(body)
+    return [f"{t}/{i}" for t, i, _b in shown], sorted(patients)
 
 
 def _refs(params: dict) -> list[str]:
