@@ -15,7 +15,7 @@ from .config import Settings
 from .operations.catalog import publish as publish_operations
 from .operations.reindex import Reindexer
 from .rest import Router
-from .store.db import make_engine, migrate
+from .store.db import WalCheckpointer, make_engine, migrate
 from .store.repository import Repository
 from .security import SecurityLabels
 from .security.access import PartnerWrites
@@ -117,4 +117,6 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     if getattr(app.state, "sync_worker", None) is not None:
         app.state.sync_worker.audit = trail   # deliveries are disclosures
     run_with_app(app, stop=trail.close)
+    checkpointer = WalCheckpointer(engine)   # SQLite: WAL checkpoints off the request path
+    run_with_app(app, start=checkpointer.start, stop=checkpointer.stop)
     return app

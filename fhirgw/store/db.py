@@ -1,12 +1,20 @@
 """Engines for SQLite (embedded default, WAL) and PostgreSQL, and schema migration on start."""
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
 from .tables import metadata
+
+log = logging.getLogger("fhirgw.store")
+
+#: WAL pages a commit may leave before SQLite checkpoints in the committing connection
+#: (a safety net: ``WalCheckpointer`` normally checkpoints long before, in the background)
+WAL_AUTOCHECKPOINT = 16384
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -37,6 +45,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             if ":memory:" not in url and url != "sqlite://":
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # a checkpoint copies the WAL into the database and fsyncs both; SQLite's default
+            # (every 1,000 pages, in whichever commit crosses it) made one 100-entry
+            # transaction in two pay it, ~40% of the ingest time on this machine
+            cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
             cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
             cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA busy_timeout=30000")
@@ -53,6 +65,52 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
                 conn.exec_driver_sql("BEGIN")
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite WAL database in a background thread, so that no request pays for
+    copying the WAL back and fsyncing (``PRAGMA wal_checkpoint(PASSIVE)``: it never blocks
+    readers or writers). sqlite3 releases the GIL while it does I/O, so the work overlaps
+    with requests. Nothing to do (and no thread) for PostgreSQL or an in-memory database."""
+
+    def __init__(self, engine: Engine, interval: float = 0.5):
+        self.engine = engine
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def applies(self) -> bool:
+        db = self.engine.url.database or ""
+        return is_sqlite(self.engine) and db not in ("", ":memory:")
+
+    def start(self) -> None:
+        if self.applies and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fhirgw-wal-checkpoint",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """One passive checkpoint: (busy, WAL frames, frames checkpointed)."""
+        raw = self.engine.raw_connection()   # outside a transaction (no BEGIN)
+        try:
+            return tuple(raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                         .fetchone())
+        finally:
+            raw.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.checkpoint()
+            except Exception:  # noqa: BLE001 - retried next time; the safety net remains
+                log.warning("WAL checkpoint failed", exc_info=True)
 
 
 def migrate(engine: Engine) -> None:
