@@ -576,12 +576,23 @@ class AuditTrail:
     ``flush()`` waits until everything recorded before it is written (tests, shutdown);
     ``close()`` drains the queue and stops the thread (call it when the app stops: events
     still queued when the process exits are lost).
+
+    Under sustained load (``offload_at`` events waiting after a batch was taken), the thread
+    starts a child process (``audit_writer.ChildWriter``) and from then on hands it the
+    batches: storing an event costs more CPU than the read it records, and in another
+    process that work no longer competes with the requests for the interpreter lock. Until
+    the child is ready, and whenever it fails, the thread stores the batches itself.
+    ``offload_at=None`` keeps everything in-process.
     """
 
     def __init__(self, repo, *, flush_interval: float = 0.25, max_batch: int = 500,
                  max_queue: int = 100_000, retry_delay: float = 0.5,
-                 high_water: int | None = None, max_wait: float = 2.0):
+                 high_water: int | None = None, max_wait: float = 2.0,
+                 offload_at: int | None = 1000):
         self.repo = repo
+        self.offload_at = offload_at
+        #: the child process storing batches (None: not started, or not possible)
+        self.child = None
         self.flush_interval = flush_interval
         self.max_batch = max(1, max_batch)
         self.max_queue = max_queue
@@ -668,6 +679,8 @@ class AuditTrail:
             self._closing = True
             self._wake.notify()
         self._thread.join(timeout)
+        if self.child is not None:
+            self.child.close()
         return not self._thread.is_alive()
 
     # ------------------------------------------------------------ the writer
@@ -685,6 +698,10 @@ class AuditTrail:
                         continue
                     n = min(len(self._queue), self.max_batch)
                     batch = [self._queue.popleft() for _ in range(n)]
+                    backlog = len(self._queue)
+                if self.child is None and self.offload_at is not None and \
+                        backlog >= self.offload_at:
+                    self._start_child()
                 self._write(batch)
                 with self._lock:
                     self._done += len(batch)
@@ -693,11 +710,28 @@ class AuditTrail:
                 log.exception("audit trail: unexpected error in the writer")
                 time.sleep(self.retry_delay)
 
+    def _start_child(self) -> None:
+        from .audit_writer import ChildWriter, can_offload
+
+        if not can_offload(self.repo):
+            self.offload_at = None
+            return
+        self.child = ChildWriter(self.repo)
+        self.child.start()
+
+    def _store(self, batch: list[dict]) -> None:
+        """One batch in one unit of work: in the child process when it is ready, else here."""
+        child = self.child
+        if child is not None and child.ready:
+            child.write(batch)
+            return
+        self.repo.run(lambda tx: tx.create_many(
+            [("AuditEvent", event, str(uuid.uuid4())) for event in batch]))
+
     def _write(self, batch: list[dict]) -> None:
         for attempt in (1, 2):
             try:
-                self.repo.run(lambda tx: tx.create_many(
-                    [("AuditEvent", event, str(uuid.uuid4())) for event in batch]))
+                self._store(batch)
                 self.written += len(batch)
                 return
             except Exception:  # noqa: BLE001
