@@ -82,7 +82,12 @@ sp_token = _index_table(
     Column("text", _ctext(255), nullable=True),
     value_index=("code", "system"),
 )
-Index("ix_sp_token_text", sp_token.c.res_type, sp_token.c.param, sp_token.c.text)
+# partial: only rows that have a text (a code's display, a CodeableConcept's text) are
+# looked up by it (``:text``; a comparison implies NOT NULL, so both databases use it), and
+# every row left out is one B-tree insert less per write
+_HAS_TEXT = sp_token.c.text.isnot(None)
+Index("ix_sp_token_text", sp_token.c.res_type, sp_token.c.param, sp_token.c.text,
+      sqlite_where=_HAS_TEXT, postgresql_where=_HAS_TEXT)
 
 #: string: ``norm`` is lower-cased, accent-stripped, whitespace-folded (prefix / contains
 #: matching); ``exact`` is the original value (``:exact``)
@@ -132,7 +137,10 @@ sp_reference = _index_table(
     Column("url", _ctext(512), nullable=True),
     value_index=("target_id", "target_type"),
 )
-Index("ix_sp_reference_url", sp_reference.c.res_type, sp_reference.c.param, sp_reference.c.url)
+# partial: a local reference (most of them) has no url and is found by target_id instead
+_HAS_URL = sp_reference.c.url.isnot(None)
+Index("ix_sp_reference_url", sp_reference.c.res_type, sp_reference.c.param, sp_reference.c.url,
+      sqlite_where=_HAS_URL, postgresql_where=_HAS_URL)
 Index("ix_sp_reference_target", sp_reference.c.target_type, sp_reference.c.target_id)
 
 #: uri (and canonical)

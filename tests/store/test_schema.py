@@ -5,3 +5,39 @@ def test_migrations_create_every_table(engine):
     names = set(inspect(engine).get_table_names())
     assert {"resource", "resource_history", "sp_token", "sp_string", "sp_date",
             "sp_reference", "alembic_version"} <= names
+
+
+def test_text_and_url_indexes_are_partial_and_used(engine):
+    from fhirgw.search import SearchEngine
+    from fhirgw.store.repository import Repository
+
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            defs = dict(conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE name IN "
+                "('ix_sp_token_text', 'ix_sp_reference_url')").all())
+        else:
+            defs = dict(conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE indexname IN "
+                "('ix_sp_token_text', 'ix_sp_reference_url')").all())
+    assert "IS NOT NULL" in defs["ix_sp_token_text"].upper().replace("(TEXT IS", "TEXT IS")
+    assert "IS NOT NULL" in defs["ix_sp_reference_url"].upper()
+
+    repo = Repository(engine, SearchEngine())
+    repo.run(lambda tx: tx.create("Condition", {
+        "resourceType": "Condition", "subject": {"reference": "http://other.example/Patient/9"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F33.1",
+                             "display": "Major depressive disorder, recurrent, moderate"}]}},
+        validated=True))
+    found = repo.run(lambda tx: tx.search("Condition", [("code:text", "major depressive")]),
+                     write=False)
+    assert len(found) == 1
+    found = repo.run(lambda tx: tx.search(
+        "Condition", [("subject", "http://other.example/Patient/9")]), write=False)
+    assert len(found) == 1
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT rid FROM sp_token WHERE res_type = 'Condition' "
+                "AND param = 'code' AND text >= 'major' AND text < 'majos'").all())
+        assert "ix_sp_token_text" in plan
