@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     from .search.custom import check as check_search_parameter
     from .validation import ProfileValidator
     from .validation.gate import StoredDefinitions, WriteValidator, parse_required_profiles
+    from .validation.parallel import ValidationPool
 
     settings = settings or Settings()
     engine = make_engine(settings.database_url, pool_size=settings.pool_size)
@@ -119,4 +120,10 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     run_with_app(app, stop=trail.close)
     checkpointer = WalCheckpointer(engine)   # SQLite: WAL checkpoints off the request path
     run_with_app(app, start=checkpointer.start, stop=checkpointer.stop)
+    # the R4B base validation of large transactions in worker processes (validation/
+    # parallel.py), started on first use, stopped with the app
+    pool = ValidationPool(settings.validation_workers, settings.parallel_validation_min)
+    router.validation_pool = pool
+    app.state.validation_pool = pool
+    run_with_app(app, stop=pool.close)
     return app

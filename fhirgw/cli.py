@@ -44,6 +44,9 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
     os.environ.setdefault("FHIRGW_BASE_URL", f"http://{host}:{port}/fhir")
     logging.basicConfig(level=log_level.upper(), format="%(message)s", stream=sys.stdout)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # no migration chatter per start
+    if workers > 1:
+        # N server processes already use N cores: no validation worker beside each
+        os.environ.setdefault("FHIRGW_VALIDATION_WORKERS", "0")
     # migrate once here, so N workers do not race to create the schema
     from .config import Settings
     from .store.db import make_engine, migrate

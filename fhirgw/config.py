@@ -31,6 +31,15 @@ class Settings:
         "FHIRGW_MAX_CONDITIONAL_DELETE", 100))
     #: connection pool size per process
     pool_size: int = field(default_factory=lambda: _env_int("FHIRGW_POOL_SIZE", 10))
+    #: worker processes for the R4B base validation of large transactions, overlapped with
+    #: their unit of work (fhirgw/validation/parallel.py); 0 turns it off. Default 1 with
+    #: two or more CPUs, else 0
+    validation_workers: int = field(default_factory=lambda: _env_int(
+        "FHIRGW_VALIDATION_WORKERS", 1 if (os.cpu_count() or 1) >= 2 else 0))
+    #: fewest POST/PUT entries a transaction needs to validate in the workers (smaller ones
+    #: validate inline: the hand-off would cost more than it saves)
+    parallel_validation_min: int = field(default_factory=lambda: _env_int(
+        "FHIRGW_PARALLEL_VALIDATION_MIN", 20))
     #: profiles every write of a type must meet: ``Patient=url|url;Task=url``
     required_profiles: str = field(default_factory=lambda: os.environ.get(
         "FHIRGW_REQUIRED_PROFILES", ""))

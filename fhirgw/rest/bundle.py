@@ -142,55 +142,111 @@ class BundleProcessor:
     # ------------------------------------------------------------ transaction
 
     def _transaction(self, req, entries: list[Entry]) -> bytes:
-        # permissions and structural validation first, outside the database transaction
+        # the R4B base validation of a large transaction runs in the validation pool
+        # (fhirgw/validation/parallel.py) while the rest happens here; errors come out as
+        # without the pool: the first failing entry's, validation before business rules
+        pending = self._submit_validation(entries)
+        try:
+            self._check_entries(req, entries, pending)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
+
+        def unit(tx: Tx):
+            try:
+                out = self._unit(req, tx, entries)
+            except Exception:
+                # an invalid entry precedes whatever the unit ran into (rules and index
+                # extraction may assume valid input: their failure is not the answer)
+                _raise_invalid(pending)
+                raise
+            _raise_invalid(pending)  # before the commit
+            return out
+
+        return self.router.repo.run(unit)
+
+    def _submit_validation(self, entries: list[Entry]):
+        """The base validation of the POST/PUT entries, handed to the pool; None (validate
+        inline) when there is no pool, too few entries, or the pool is not ready."""
+        pool = self.router.validation_pool
+        if pool is None or not hasattr(self.router.repo.validator, "beyond_base"):
+            return None
+        writes = [e for e in entries if e.method in ("POST", "PUT")]
+        if not pool.wanted(len(writes)):
+            return None
+        items, originals = [], {}
+        for e in writes:
+            rtype = _write_type(e)
+            if rtype not in res.SUPPORTED:
+                continue  # refused by check_type before its base validation
+            try:
+                items.append((e.index, rtype, res.dumps(e.resource)))
+            except Exception:  # e.g. an integer beyond 64 bits: this one inline
+                continue
+            originals[e.index] = (rtype, e.resource)
+        return pool.submit(items, originals)
+
+    def _check_entries(self, req, entries: list[Entry], pending) -> None:
+        """Permissions and validation, outside the database transaction, entry by entry:
+        authorization, then the type, base validation and the rest of the validator."""
+        validator = self.router.repo.validator
         for e in entries:
+            # with base validation pending, the entries before this one (and this one's,
+            # once its own base validation would have run) fail first
+            last = e.index - 1
             try:
                 name, params = self.router.match(e.method, e.path)
                 authorize(req.principal, name, params, _EntryRequest(e.query))
+                if e.method in ("POST", "PUT"):
+                    rtype = _write_type(e)
+                    res.check_type(rtype)
+                    if pending is not None and e.index in pending.indices:
+                        last = e.index
+                        validator.beyond_base(e.resource, rtype)
+                    else:
+                        validator(e.resource, rtype)
+            except Exception as exc:
+                if pending is not None:
+                    found = pending.first_error(upto=last)
+                    if found is not None:
+                        raise _entry_error(*found) from None
+                if isinstance(exc, FhirError):
+                    raise _entry_error(e.index, exc) from None
+                raise
+
+    def _unit(self, req, tx: Tx, entries: list[Entry]) -> bytes:
+        for e in entries:  # _rewrite builds new structures; the parsed entries stay as sent
+            e.extra["body"] = e.resource
+            e.response = None
+            e.target = None
+            e.matched_id = None
+        mapping = self._resolve_identities(tx, entries)
+        for e in entries:
+            try:
+                if isinstance(e.extra["body"], (dict, list)):
+                    e.extra["body"] = self._rewrite(tx, e.extra["body"], mapping)
             except FhirError as exc:
                 raise _entry_error(e.index, exc) from None
-            if e.method in ("POST", "PUT"):
-                rtype = e.path.split("/")[0].split("?")[0]
-                try:
-                    res.check_type(rtype)
-                    self.router.repo.validator(e.resource, rtype)
-                except FhirError as exc:
-                    raise _entry_error(e.index, exc) from None
-
-        def unit(tx: Tx):
-            for e in entries:  # _rewrite builds new structures; the parsed entries stay as sent
-                e.extra["body"] = e.resource
-                e.response = None
-                e.target = None
-                e.matched_id = None
-            mapping = self._resolve_identities(tx, entries)
-            for e in entries:
-                try:
-                    if isinstance(e.extra["body"], (dict, list)):
-                        e.extra["body"] = self._rewrite(tx, e.extra["body"], mapping)
-                except FhirError as exc:
-                    raise _entry_error(e.index, exc) from None
-            ordered = sorted(entries, key=lambda e: _ORDER[e.method])
-            # creates and plain updates go in batches (a few statements for all of them);
-            # the rest one by one, in the spec's order
-            creates = [e for e in ordered if e.method == "POST" and not e.matched_id]
-            updates = [e for e in ordered if e.method == "PUT"]
-            for e in ordered:
-                if e.method == "POST" and creates:
-                    self._batch_write(tx, creates, create=True)
-                    creates = []
-                elif e.method == "PUT" and updates:
-                    self._batch_write(tx, updates, create=False)
-                    updates = []
-                if e.response is not None:
-                    continue
-                try:
-                    e.response = self._execute(req, tx, e)
-                except FhirError as exc:
-                    raise _entry_error(e.index, exc) from None
-            return self._response_bundle(req, entries, "transaction-response")
-
-        return self.router.repo.run(unit)
+        ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+        # creates and plain updates go in batches (a few statements for all of them);
+        # the rest one by one, in the spec's order
+        creates = [e for e in ordered if e.method == "POST" and not e.matched_id]
+        updates = [e for e in ordered if e.method == "PUT"]
+        for e in ordered:
+            if e.method == "POST" and creates:
+                self._batch_write(tx, creates, create=True)
+                creates = []
+            elif e.method == "PUT" and updates:
+                self._batch_write(tx, updates, create=False)
+                updates = []
+            if e.response is not None:
+                continue
+            try:
+                e.response = self._execute(req, tx, e)
+            except FhirError as exc:
+                raise _entry_error(e.index, exc) from None
+        return self._response_bundle(req, entries, "transaction-response")
 
     def _resolve_identities(self, tx: Tx, entries: list[Entry]) -> dict[str, str]:
         mapping: dict[str, str] = {}
@@ -397,6 +453,19 @@ class BundleProcessor:
                 response["location"] = f"{s.res_type}/{s.res_id}/_history/{s.version}"
         out["response"] = response
         return out
+
+
+def _write_type(e: Entry) -> str:
+    """The resource type a POST/PUT entry's URL names."""
+    return e.path.split("/")[0].split("?")[0]
+
+
+def _raise_invalid(pending) -> None:
+    """Raise the first invalid entry's error, once the pool has answered (no-op without)."""
+    if pending is not None:
+        found = pending.first_error()
+        if found is not None:
+            raise _entry_error(*found) from None
 
 
 class _EntryRequest:

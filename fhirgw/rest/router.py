@@ -142,6 +142,9 @@ class Router:
         self._capability_cache: tuple[int, bytes] | None = None
         #: where read/search/denied AuditEvents go (security.audit.AuditTrail); None: nowhere
         self.audit = None
+        #: worker processes for the base validation of large transactions
+        #: (validation.parallel.ValidationPool); None: always inline
+        self.validation_pool = None
 
     # ------------------------------------------------------------ dispatch
 

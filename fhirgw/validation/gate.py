@@ -50,6 +50,11 @@ class WriteValidator:
 
     def __call__(self, body: dict, res_type: str) -> dict:
         res.validate(body, res_type)
+        return self.beyond_base(body, res_type)
+
+    def beyond_base(self, body: dict, res_type: str) -> dict:
+        """Everything ``__call__`` checks except the R4B base validation (``res.validate``),
+        for a body whose base validation runs elsewhere (``fhirgw.validation.parallel``)."""
         for check in self.checks.get(res_type, ()):
             check(body)
         if self.profiles is None:

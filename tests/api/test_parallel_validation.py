@@ -1,0 +1,397 @@
+"""Parallel base validation of transactions (fhirgw/validation/parallel.py).
+
+Two gateways side by side: "on" validates in a pool of one worker from the first POST/PUT
+entry on, "off" validates inline. Every invalid Bundle must get the same status and the same
+OperationOutcome from both and store nothing; valid Bundles work; a killed worker fails no
+request. One pool for the module: starting a worker process costs a second or two.
+"""
+import json
+import os
+import pathlib
+import signal
+import time
+from contextlib import ExitStack
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from fhirgw.app import create_app
+from fhirgw.config import Settings
+from fhirgw.model import errors
+from fhirgw.validation.parallel import ValidationPool, _error_data, rebuild_error
+from tests.auth import authorize, bearer, grant, token_for
+
+FJ = {"Content-Type": "application/fhir+json"}
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
+P0 = "urn:uuid:9b1c5a0e-0000-4000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = ValidationPool(1, min_entries=1, retry_after=0.1)
+    assert p.start(wait=120), "the validation worker did not start"
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateways(request, tmp_path_factory, pool):
+    """{"on": (client, app), "off": (client, app)}, each on its own empty database."""
+    out = {}
+    with ExitStack() as stack:
+        for name in ("on", "off"):
+            if request.param == "sqlite":
+                url = f"sqlite:///{tmp_path_factory.mktemp(f'parallel-{name}') / 'fhirgw.db'}"
+            else:
+                from tests.conftest import fresh_pg_database
+                url = stack.enter_context(
+                    fresh_pg_database(request.getfixturevalue("pg_admin")))
+            app = create_app(Settings(database_url=url,
+                                      base_url="http://testserver/fhir",
+                                      max_bundle_entries=200, validation_workers=0))
+            if name == "on":
+                app.state.router.validation_pool = pool
+            client = stack.enter_context(TestClient(app, base_url="http://testserver"))
+            authorize(client, app)
+            stack.callback(app.state.router.repo.engine.dispose)
+            out[name] = (client, app)
+        yield out
+
+
+# ---------------------------------------------------------------- Bundles
+
+def entry(resource, full_url=None, method="POST", url=None):
+    e = {"resource": resource,
+         "request": {"method": method, "url": url or resource["resourceType"]}}
+    if full_url:
+        e["fullUrl"] = full_url
+    return e
+
+
+def patient(n, **extra):
+    return {"resourceType": "Patient", "name": [{"family": f"Parallel-{n}", "given": ["Ana"]}],
+            "birthDate": "1990-04-02", **extra}
+
+
+def task(**extra):
+    return {"resourceType": "Task", "status": "requested", "intent": "order",
+            "code": {"coding": [{"system": TASK_CODE, "code": "fulfill"}]}, **extra}
+
+
+def observation(subject, value="72.50"):
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "subject": {"reference": subject},
+            "valueQuantity": {"value": value, "unit": "kg"}}
+
+
+def profiled_patient_without_name():
+    body = json.loads((ROOT / "profiles" / "examples" / "Patient-iop-client.json").read_text())
+    body.pop("id", None)
+    del body["name"]
+    return body
+
+
+def entries():
+    """Ten valid entries; the cases below spoil some of them."""
+    return [
+        entry(patient(0), P0),
+        entry(patient(1)),
+        entry(task()),
+        entry(observation(P0)),
+        entry({"resourceType": "Condition", "subject": {"reference": P0},
+               "code": {"text": "anxiety"}}),
+        entry(patient(5)),
+        entry(observation(P0, value="98.6")),
+        entry(patient(7)),
+        entry({"resourceType": "Goal", "lifecycleStatus": "active",
+               "description": {"text": "sleep"}, "subject": {"reference": P0}}),
+        entry({"resourceType": "EpisodeOfCare", "status": "active",
+               "patient": {"reference": P0}}),
+    ]
+
+
+def bundle(changes=None, size=None):
+    es = entries()
+    if size:
+        es = [entry(patient(i)) for i in range(size - len(es))] + es
+    for i, e in (changes or {}).items():
+        es[i] = e
+    return {"resourceType": "Bundle", "type": "transaction", "entry": es}
+
+
+def to_raw(b):
+    """The Bundle as JSON text, the quantities' values as decimal numbers written out
+    (72.50 keeps its trailing zero: the lossless parse, then the pool, see that text)."""
+    return json.dumps(b).replace('"value": "72.50"', '"value": 72.50') \
+                        .replace('"value": "98.6"', '"value": 98.6')
+
+
+UNKNOWN = patient(7, favouriteColour="blue")
+WRONG_TYPE = patient(7, birthDate=19900402)
+BIG_INT = patient(7, multipleBirthInteger=123456789012345678901234567)
+
+CASES = {
+    "unknown element in entry 7": {7: entry(UNKNOWN)},
+    "wrong type in entry 7": {7: entry(WRONG_TYPE)},
+    "entry 7 invalid and a business rule broken in entry 2": {
+        2: entry(task(status="rejected")), 7: entry(UNKNOWN)},
+    "entry 7 invalid and a reference in entry 3 that does not resolve": {
+        3: entry(observation("Patient?identifier=urn:none|x")), 7: entry(WRONG_TYPE)},
+    "entry 7 invalid and a PUT with a wrong version in entry 1": {
+        1: entry(patient(1, id="p1"), method="PUT", url="Patient/p1") | {
+            "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"9"'}},
+        7: entry(UNKNOWN)},
+    "entries 5 and 7 invalid": {5: entry(WRONG_TYPE), 7: entry(UNKNOWN)},
+    "entry 0 invalid": {0: entry(UNKNOWN, P0)},
+    "a profile error in entry 3 before an invalid entry 7": {
+        3: entry(profiled_patient_without_name()), 7: entry(UNKNOWN)},
+    "an invalid entry 3 before a profile error in entry 7": {
+        3: entry(WRONG_TYPE), 7: entry(profiled_patient_without_name())},
+    "a profile error and a base error in the same entry": {
+        7: entry(dict(profiled_patient_without_name(), birthDate=19900402))},
+    "a PUT whose body does not match its url, entry 7 invalid": {
+        4: entry(patient(4, id="a"), method="PUT", url="Patient/b"), 7: entry(UNKNOWN)},
+    "a resource type the url does not name": {7: entry(patient(7), url="Observation")},
+    "an integer beyond 64 bits (validated inline)": {7: entry(BIG_INT)},
+    "an invalid resource in a large Bundle": {60: entry(WRONG_TYPE)},
+}
+
+
+def stored(app) -> int:
+    with app.state.router.repo.engine.connect() as c:
+        return c.execute(text("SELECT count(*) FROM resource "
+                              "WHERE res_type <> 'AuditEvent'")).scalar()
+
+
+def post(client, b, headers=None):
+    return client.post("/fhir", content=to_raw(b), headers={**FJ, **(headers or {})})
+
+
+# ---------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_invalid_bundles_answer_as_inline(gateways, pool, case):
+    b = bundle(CASES[case], size=80 if "large" in case else None)
+    before = {name: stored(app) for name, (_c, app) in gateways.items()}
+    used = pool.submitted
+    on = post(gateways["on"][0], b)
+    off = post(gateways["off"][0], b)
+    assert off.status_code >= 400, off.text
+    assert (on.status_code, on.json()) == (off.status_code, off.json())
+    assert pool.submitted == used + 1, "the pool was not used"
+    assert {name: stored(app) for name, (_c, app) in gateways.items()} == before
+
+
+def test_the_business_rule_case_does_break_a_rule(gateways):
+    # without its invalid entry, the Bundle of the precedence case fails in the unit
+    r = post(gateways["on"][0], bundle({2: entry(task(status="rejected"))}))
+    assert r.status_code == 422, r.text
+    assert "Bundle.entry[2]" in r.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("forbidden_at, invalid_at", [(9, 4), (2, 7), (7, 7)])
+def test_authorization_and_validation_order_as_inline(gateways, pool, forbidden_at,
+                                                      invalid_at):
+    """A client that may create Patients only: the first failing entry decides, whether
+    it is refused (403) or invalid (400)."""
+    changes = {i: entry(patient(i)) for i in range(10)}
+    changes[0] = entry(patient(0), P0)
+    changes[forbidden_at] = entry(observation(P0))
+    changes[invalid_at] = entry(dict(changes[invalid_at]["resource"], birthDate=1990))
+    b = bundle(changes)
+    answers = []
+    for name in ("on", "off"):
+        client, app = gateways[name]
+        cid, secret = grant(app, "system/Patient.cruds",
+                            name=f"patients-only-{forbidden_at}-{invalid_at}")
+        token = token_for(client, cid, secret)
+        r = post(client, b, bearer(token))
+        answers.append((r.status_code, r.json()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == (403 if forbidden_at <= invalid_at else 400)
+
+
+def test_code_that_assumes_valid_input_does_not_turn_an_invalid_bundle_into_a_500(
+        gateways, pool):
+    """Rules and index extraction may crash on what validation refuses: with the pool they
+    see it (the unit runs meanwhile); the answer is still the validation error."""
+    from fhirgw.store.repository import WriteRule
+
+    class Naive(WriteRule):
+        types = frozenset({"Patient"})
+
+        def before_write(self, tx, res_type, res_id, body, previous):
+            if "favouriteColour" in body:
+                raise RuntimeError("a rule that trusted its input")
+            return body
+
+    rules = gateways["on"][1].state.router.repo.rules
+    rules.append(naive := Naive())
+    try:
+        b = bundle({7: entry(UNKNOWN)})
+        on, off = post(gateways["on"][0], b), post(gateways["off"][0], b)
+    finally:
+        rules.remove(naive)
+    assert (on.status_code, on.json()) == (off.status_code, off.json())
+    assert on.status_code == 400
+
+
+def test_valid_bundle_of_100_entries(gateways, pool):
+    client, app = gateways["on"]
+    before, used, fallbacks = stored(app), pool.submitted, pool.fallbacks
+    r = post(client, bundle(size=100))
+    assert r.status_code == 200, r.text
+    out = r.json()["entry"]
+    assert [e["response"]["status"] for e in out] == ["201 Created"] * 100
+    assert stored(app) == before + 100
+    assert (pool.submitted, pool.fallbacks) == (used + 1, fallbacks)
+    obs = next(e["resource"] for e in out if e["resource"]["resourceType"] == "Observation")
+    assert obs["subject"]["reference"] == f"Patient/{out[90]['resource']['id']}"
+    raw = client.get(f"/fhir/Observation/{obs['id']}").content
+    assert b'"value":72.50' in raw.replace(b" ", b"")  # decimals keep their text
+
+
+def test_small_bundles_stay_inline(gateways, pool):
+    client, _app = gateways["on"]
+    used = pool.submitted
+    pool.min_entries = 11
+    try:
+        assert post(client, bundle()).status_code == 200
+    finally:
+        pool.min_entries = 1
+    assert pool.submitted == used
+
+
+def test_a_killed_worker_fails_no_request(gateways, pool):
+    client, app = gateways["on"]
+    _off, off_app = gateways["off"]
+    pids = pool.worker_pids()
+    assert pids
+    os.kill(pids[0], signal.SIGTERM)
+    time.sleep(0.05)
+    before = stored(app)
+    r = post(client, bundle(size=30))
+    assert r.status_code == 200, r.text
+    assert stored(app) == before + 30
+    # an invalid Bundle answers as inline meanwhile too
+    b = bundle(CASES["entry 7 invalid and a business rule broken in entry 2"])
+    on, off = post(client, b), post(gateways["off"][0], b)
+    assert (on.status_code, on.json()) == (off.status_code, off.json())
+    assert stored(app) == before + 30
+    # and new workers come up for later Bundles
+    deadline = time.monotonic() + 120
+    while not pool.start(wait=1) and time.monotonic() < deadline:
+        pass
+    assert pool.ready()
+    assert pool.worker_pids() and pool.worker_pids() != pids
+    used = pool.submitted
+    assert post(client, bundle(size=30)).status_code == 200
+    assert pool.submitted == used + 1
+
+
+# ---------------------------------------------------------------- pieces
+
+@pytest.mark.parametrize("exc", [
+    errors.InvalidResource(issues=[errors.Issue("Patient.x: bad", code="structure",
+                                                expression=["Patient.x"])]),
+    errors.BadRequest("The body's resourceType 'A' does not match", expression="resourceType"),
+    errors.NotFound("Unknown resource type 'Foo'", code="not-supported"),
+    errors.FhirError("teapot", status=418, headers={"x-a": "b"}),
+])
+def test_errors_cross_the_process_boundary_unchanged(exc):
+    back = rebuild_error(_error_data(exc))
+    assert type(back) is type(exc)
+    assert (back.status, back.code, str(back), back.headers) == \
+        (exc.status, exc.code, str(exc), exc.headers)
+    assert back.outcome() == exc.outcome()
+
+
+def test_never_used_in_a_daemonic_process(monkeypatch):
+    import multiprocessing
+
+    class Daemon:
+        daemon = True
+
+    p = ValidationPool(1, min_entries=1)
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemon())
+    assert not p.enabled
+    assert not p.wanted(100)
+    assert p.submit([(0, "Patient", b"{}")], {0: ("Patient", {})}) is None
+    assert not p._starting
+
+
+def test_off_and_closed_pools_take_nothing():
+    assert not ValidationPool(0).wanted(1000)
+    p = ValidationPool(1, min_entries=1)
+    p.close()
+    assert not p.wanted(1000) and not p.start()
+
+
+UNGUARDED = """
+import os
+print("script ran in", os.getpid(), flush=True)
+from fhirgw.validation.parallel import ValidationPool
+pool = ValidationPool(1, min_entries=1)
+assert pool.start(wait=120)
+body = {"resourceType": "Patient", "gender": 5}
+pending = pool.submit([(0, "Patient", b'{"resourceType": "Patient", "gender": 5}')],
+                      {0: ("Patient", body)})
+index, error = pending.first_error()
+print("answer", index, error.status, pool.fallbacks, flush=True)
+pool.close()
+"""
+
+
+def test_workers_do_not_run_an_unguarded_main_script_again(tmp_path):
+    """multiprocessing's spawn imports the parent's main script in every child; a script
+    that does its work at top level (no ``if __name__ == "__main__":``) must still run
+    once, and its pool must work."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=180, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("script ran in") == 1, out.stdout
+    assert "answer 0 400 0" in out.stdout, out.stdout
+
+
+def _pending(pool, answer, originals):
+    from concurrent.futures import Future
+
+    from fhirgw.validation.parallel import PendingValidation, _Chunk
+
+    f = Future()
+    if isinstance(answer, BaseException):
+        f.set_exception(answer)
+    else:
+        f.set_result(answer)
+    return PendingValidation(pool, [_Chunk(sorted(originals), f, None)], originals)
+
+
+def test_what_the_workers_cannot_answer_is_validated_inline():
+    from concurrent.futures.process import BrokenProcessPool
+
+    p = ValidationPool(1, min_entries=1)
+    originals = {3: ("Patient", patient(3)), 5: ("Patient", WRONG_TYPE),
+                 8: ("Patient", UNKNOWN)}
+    inline = None
+    try:
+        from fhirgw.model import resources as res
+        res.validate(WRONG_TYPE, "Patient")
+    except errors.FhirError as exc:
+        inline = exc
+    for answer in (BrokenProcessPool("gone"), RuntimeError("unpickling"),
+                   (3, "unexpected", "RuntimeError('worker bug')")):
+        found = _pending(p, answer, originals).first_error()
+        assert found is not None and found[0] == 5
+        assert found[1].outcome() == inline.outcome() and found[1].status == inline.status
+    # an answer about an entry after ``upto`` does not count
+    assert _pending(p, (8, "invalid", _error_data(inline)), originals).first_error(upto=7) \
+        is None
+    assert p.fallbacks == 2
