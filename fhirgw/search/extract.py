@@ -1,10 +1,17 @@
 """Index extraction: a resource's JSON -> rows for the ``sp_*`` tables.
 
-One plan per resource type (rebuilt when the registry changes): the list of parameters with
-their compiled extractor. Values are converted by their FHIR type (known from the model at
-compile time) or, when unknown, by their JSON shape.
+This runs on every write, so it is built for speed. One plan per resource type (rebuilt
+when the registry's version changes, e.g. a custom SearchParameter added at run time): the
+parameters with their compiled extractors, all walked together by one
+:class:`~.fhirpath.Forest` (each step prefix that parameters share, like ``AuditEvent.agent``,
+walked once per resource, parameters whose elements the resource lacks not at all), and for
+each parameter its row builder. Values are converted by their FHIR type (known from the model
+at compile time) or, when unknown, by their JSON shape.
 
-Rows carry every column of their table except ``id`` and ``rid`` (the store adds ``rid``).
+Rows are tuples in the column order of :data:`COLUMNS` (:meth:`Indexer.tuples`, what the
+store inserts); :meth:`Indexer.rows` gives the same rows as dicts. They carry every column of
+their table except ``rid`` (the store adds it). Within a kind, rows come parameter by
+parameter (in the registry's order), each parameter's in the order of its values.
 Special index rows (all in the table of their kind, with a suffixed ``param``):
 
 * ``<code>:identifier`` (sp_token): ``Reference.identifier`` of reference parameters
@@ -14,18 +21,31 @@ Special index rows (all in the table of their kind, with a suffixed ``param``):
 """
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import re
 from typing import Any, Iterable
 
 from ..model.resources import R4_TYPES, ID_RE
-from .fhirpath import compile_expression
-from .registry import RESOURCE_COLUMN_PARAMS, SearchParam, SearchRegistry
+from .fhirpath import Forest, Program, compile_expression
+from .registry import RESOURCE_COLUMN_PARAMS, SearchRegistry
 from .values import (DATE_MAX, DATE_MIN, NUM_MAX, NUM_MIN, STRING_LEN, TOKEN_LEN, URI_LEN,
                      DateFormatError, cut, date_range, decimal_text, normalize_string)
 
 KINDS = ("token", "string", "date", "number", "quantity", "reference", "uri", "composite")
+
+#: the columns of each kind's rows, in tuple order: its ``sp_<kind>`` table's, without ``rid``
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "token": ("res_type", "param", "system", "code", "text"),
+    "string": ("res_type", "param", "norm", "exact"),
+    "date": ("res_type", "param", "low", "high"),
+    "number": ("res_type", "param", "value", "low", "high"),
+    "quantity": ("res_type", "param", "value", "low", "high", "system", "code", "unit"),
+    "reference": ("res_type", "param", "target_type", "target_id", "url"),
+    "uri": ("res_type", "param", "value"),
+    "composite": ("res_type", "param", "key", "low", "high"),
+}
 
 _STRING_SKIP = frozenset({"use", "type", "system", "period", "extension", "id", "rank",
                           "modifierExtension", "url", "reference", "contentType", "data",
@@ -33,6 +53,28 @@ _STRING_SKIP = frozenset({"use", "type", "system", "period", "extension", "id", 
                           "status", "coding", "code", "assigner"})
 _UCUM = "http://unitsofmeasure.org"
 _CURRENCY = "urn:iso:std:iso:4217"
+_RE_TAG = re.compile(r"<[^>]+>")
+
+Rows = dict[str, list[tuple]]
+
+
+class _Plan:
+    """What indexing one resource type takes, for one registry version."""
+
+    __slots__ = ("version", "forest", "params", "components", "text")
+
+    def __init__(self, version: int, forest: Forest, params: list[tuple], components: Forest,
+                 text: bool):
+        self.version = version
+        #: the parameters' programs, run over the resource
+        self.forest = forest
+        #: per program of ``forest``: (row builder, param code, None), or for a composite
+        #: (its builder, code, components: (search type, program in ``components``, last?))
+        self.params = params
+        #: the composites' component programs, run over each node a composite yields
+        self.components = components
+        #: whether ``_text`` applies (the narrative is indexed)
+        self.text = text
 
 
 class Indexer:
@@ -41,88 +83,125 @@ class Indexer:
     def __init__(self, registry: SearchRegistry, base_urls: Iterable[str] = ()):
         self.registry = registry
         self.base_urls = tuple(u.rstrip("/") + "/" for u in base_urls if u)
-        self._plans: dict[str, tuple[int, list]] = {}
+        self._plans: dict[str, _Plan] = {}
 
     # -------------------------------------------------------------- plan
 
-    def _plan(self, res_type: str) -> list[tuple[SearchParam, Any]]:
-        cached = self._plans.get(res_type)
-        if cached is not None and cached[0] == self.registry.version:
-            return cached[1]
-        plan = []
-        for code, sp in self.registry.params_for(res_type).items():
+    def _plan(self, res_type: str) -> _Plan:
+        version = self.registry.version   # read first: a change meanwhile rebuilds next time
+        plan = self._plans.get(res_type)
+        if plan is not None and plan.version == version:
+            return plan
+        programs: list[Program] = []
+        params: list[tuple] = []
+        components: dict[int, tuple[int, Program]] = {}   # id -> (index, program)
+        all_params = self.registry.params_for(res_type)
+        for code, sp in all_params.items():
             if code in RESOURCE_COLUMN_PARAMS or sp.type == "special":
                 continue
-            if sp.type == "composite":
-                comps = []
-                for c in sp.components:
-                    csp = self.registry.by_url(c.definition)
-                    comps.append((csp.type if csp else "token",
-                                  compile_expression(c.expression, res_type, "*")))
-                prog = sp.program(res_type)
-                if prog is not None and not prog.empty:
-                    plan.append((sp, (prog, comps)))
-                continue
             prog = sp.program(res_type)
-            if prog is not None and not prog.empty:
-                plan.append((sp, prog))
-        self._plans[res_type] = (self.registry.version, plan)
+            if prog is None or prog.empty:
+                continue
+            comps = None
+            if sp.type == "composite":
+                parts = []
+                for n, c in enumerate(sp.components):
+                    csp = self.registry.by_url(c.definition)
+                    cprog = compile_expression(c.expression, res_type, "*")
+                    j = components.setdefault(id(cprog), (len(components), cprog))[0]
+                    parts.append((csp.type if csp else "token", j, n == len(sp.components) - 1))
+                comps = tuple(parts)
+            programs.append(prog)
+            params.append((getattr(self, "_" + sp.type), code, comps))
+        plan = _Plan(version, Forest(programs), params,
+                     Forest(p for _j, p in components.values()), "_text" in all_params)
+        self._plans[res_type] = plan
         return plan
 
     # -------------------------------------------------------------- rows
 
-    def rows(self, res_type: str, resource: dict) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {k: [] for k in KINDS}
-        present = resource.keys()
-        memo: dict = {}
-        for sp, prog in self._plan(res_type):
-            kind = sp.type
-            needs = (prog[0] if kind == "composite" else prog).root_keys
-            if needs is not None and present.isdisjoint(needs):
-                continue  # the resource has none of the elements this parameter reads
-            if kind == "composite":
-                self._composite(out["composite"], res_type, sp, prog, resource, memo)
-                continue
-            values = prog(resource)
-            if not values:
-                continue
-            add = getattr(self, "_" + kind)
-            add(out, res_type, sp.code, values)
-        text = (resource.get("text") or {}).get("div") if isinstance(resource.get("text"), dict) else None
-        if isinstance(text, str) and "_text" in self.registry.params_for(res_type):
-            plain = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
-            if plain:
-                out["string"].append({"res_type": res_type, "param": "_text",
-                                      "norm": cut(normalize_string(plain), STRING_LEN),
-                                      "exact": plain})
+    def tuples(self, res_type: str, resource: dict) -> Rows:
+        """The index rows of one resource: ``{kind: [row, ...]}``, each row a tuple in the
+        column order of ``COLUMNS[kind]`` (every column of ``sp_<kind>`` but ``rid``).
+
+        Kinds without rows may be missing or have an empty list. The lists and tuples are
+        new on every call (the caller may keep or extend them); ``resource`` is not changed.
+        """
+        plan = self._plan(res_type)
+        out: Rows = {"token": [], "string": [], "date": [], "number": [], "quantity": [],
+                     "reference": [], "uri": [], "composite": []}
+        memo: tuple[dict, dict] | None = None
+        params = plan.params
+        found = plan.forest.run(resource)
+        for i in sorted(found):   # in parameter order
+            build, code, comps = params[i]
+            if comps is None:
+                build(out, res_type, code, found[i])
+            else:
+                if memo is None:
+                    memo = ({}, {})
+                build(out["composite"], res_type, code, comps, found[i], resource,
+                      plan.components, memo)
+        if plan.text:
+            text = resource.get("text")
+            div = text.get("div") if isinstance(text, dict) else None
+            if isinstance(div, str):
+                plain = " ".join(html.unescape(_RE_TAG.sub(" ", div)).split())
+                if plain:
+                    out["string"].append((res_type, "_text",
+                                          cut(normalize_string(plain), STRING_LEN), plain))
         return out
+
+    def rows(self, res_type: str, resource: dict) -> dict[str, list[dict]]:
+        """The rows of :meth:`tuples` as dicts (column name -> value), every kind present."""
+        got = self.tuples(res_type, resource)
+        return {kind: [dict(zip(COLUMNS[kind], row)) for row in got.get(kind, ())]
+                for kind in KINDS}
+
+    # Row builders, one per kind: ``values`` -> rows appended to ``out[kind]``. They run for
+    # every parameter of every resource: one plain string value (a code, a name, a date), the
+    # most common case, takes a short way, and columns are cut to their width only when too
+    # long (``cut`` inline).
 
     # token -------------------------------------------------------------
 
-    def _token(self, out, res_type, code, values):
+    def _token(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["token"]
+        if len(values) == 1 and values[0][0].__class__ is str:   # a code
+            v = values[0][0]
+            rows.append((res_type, code, None, v if len(v) <= TOKEN_LEN else v[:TOKEN_LEN], None))
+            return
         seen = set()
         for v, t in values:
-            for system, value, text in token_values(v, t):
-                key = (system, value, text)
+            for key in token_values(v, t):
                 if key in seen:
                     continue
                 seen.add(key)
-                rows.append({"res_type": res_type, "param": code, "system": cut(system, TOKEN_LEN),
-                             "code": cut(value, TOKEN_LEN), "text": cut(text, TOKEN_LEN)})
-            if isinstance(v, dict) and isinstance(v.get("type"), dict) and "value" in v:
-                # Identifier.type for :of-type
+                system, value, text = key
+                if (system is not None and len(system) > TOKEN_LEN
+                        or value is not None and len(value) > TOKEN_LEN
+                        or text is not None and len(text) > TOKEN_LEN):
+                    key = (cut(system, TOKEN_LEN), cut(value, TOKEN_LEN), cut(text, TOKEN_LEN))
+                rows.append((res_type, code) + key)
+            if isinstance(v, dict) and "type" in v and "value" in v \
+                    and isinstance(v["type"], dict):   # Identifier.type for :of-type
                 for c in v["type"].get("coding") or ():
                     if isinstance(c, dict) and c.get("code"):
-                        rows.append({"res_type": res_type, "param": code + ":of-type",
-                                     "system": cut(c.get("system"), TOKEN_LEN),
-                                     "code": cut(f"{c['code']}|{v['value']}", TOKEN_LEN),
-                                     "text": None})
+                        rows.append((res_type, code + ":of-type",
+                                     cut(c.get("system"), TOKEN_LEN),
+                                     cut(f"{c['code']}|{v['value']}", TOKEN_LEN), None))
 
     # string ------------------------------------------------------------
 
-    def _string(self, out, res_type, code, values):
+    def _string(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["string"]
+        if len(values) == 1 and values[0][0].__class__ is str:   # a string
+            s = values[0][0]
+            norm = normalize_string(s)
+            if norm:
+                rows.append((res_type, code,
+                             norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
+            return
         seen = set()
         for v, _t in values:
             for s in string_values(v):
@@ -131,94 +210,108 @@ class Indexer:
                 seen.add(s)
                 norm = normalize_string(s)
                 if norm:
-                    rows.append({"res_type": res_type, "param": code,
-                                 "norm": cut(norm, STRING_LEN), "exact": s})
+                    rows.append((res_type, code,
+                                 norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
 
     # date --------------------------------------------------------------
 
-    def _date(self, out, res_type, code, values):
+    def _date(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["date"]
+        if len(values) == 1 and values[0][0].__class__ is str:   # a date, dateTime or instant
+            try:
+                rows.append((res_type, code) + _date_range(values[0][0]))
+            except DateFormatError:
+                pass
+            return
         for v, t in values:
             for low, high in date_values(v, t):
-                rows.append({"res_type": res_type, "param": code, "low": low, "high": high})
+                rows.append((res_type, code, low, high))
 
     # number / quantity -------------------------------------------------
 
-    def _number(self, out, res_type, code, values):
+    def _number(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["number"]
         for v, _t in values:
             if isinstance(v, dict):   # e.g. a Quantity searched as a number
                 v = v.get("value")
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 f = float(v)
-                rows.append({"res_type": res_type, "param": code, "value": f, "low": f, "high": f})
+                rows.append((res_type, code, f, f, f))
 
-    def _quantity(self, out, res_type, code, values):
+    def _quantity(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["quantity"]
         for v, t in values:
             for q in quantity_values(v, t):
-                q["res_type"], q["param"] = res_type, code
-                rows.append(q)
+                rows.append((res_type, code) + q)
 
     # reference / uri ---------------------------------------------------
 
-    def _reference(self, out, res_type, code, values):
+    def _reference(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["reference"]
         seen = set()
         for v, _t in values:
             if isinstance(v, dict):
                 ident = v.get("identifier")
                 if isinstance(ident, dict) and ident.get("value") is not None:
-                    out["token"].append({"res_type": res_type, "param": code + ":identifier",
-                                         "system": cut(ident.get("system"), TOKEN_LEN),
-                                         "code": cut(str(ident["value"]), TOKEN_LEN), "text": None})
+                    out["token"].append((res_type, code + ":identifier",
+                                         cut(ident.get("system"), TOKEN_LEN),
+                                         cut(str(ident["value"]), TOKEN_LEN), None))
                 ref = v.get("reference")
                 hint = v.get("type")
             elif isinstance(v, str):   # canonical / uri
                 ref, hint = v, None
             else:
                 continue
-            if not isinstance(ref, str) or not ref or ref.startswith("#"):
+            if not isinstance(ref, str) or not ref or ref[0] == "#":
                 continue
-            for target in self.parse_reference(ref, hint):
+            if hint is None or isinstance(hint, str):
+                targets = _reference_targets(ref, self.base_urls, hint)
+            else:
+                targets = parse_reference(ref, self.base_urls, hint)
+            for target in targets:
                 if target in seen:
                     continue
                 seen.add(target)
-                rows.append({"res_type": res_type, "param": code, "target_type": target[0],
-                             "target_id": target[1], "url": target[2]})
+                rows.append((res_type, code) + target)
 
     def parse_reference(self, ref: str, type_hint: str | None = None) -> list[tuple]:
         """(target_type, target_id, url) tuples for one reference string."""
         return parse_reference(ref, self.base_urls, type_hint)
 
-    def _uri(self, out, res_type, code, values):
+    def _uri(self, out: Rows, res_type: str, code: str, values: list) -> None:
         rows = out["uri"]
         for v, _t in values:
             if isinstance(v, str) and v:
-                rows.append({"res_type": res_type, "param": code, "value": cut(v, URI_LEN)})
+                rows.append((res_type, code, v if len(v) <= URI_LEN else v[:URI_LEN]))
                 if "|" in v:   # versioned canonical: also findable by its url alone
-                    rows.append({"res_type": res_type, "param": code,
-                                 "value": cut(v.split("|", 1)[0], URI_LEN)})
+                    rows.append((res_type, code, cut(v.split("|", 1)[0], URI_LEN)))
 
     # composite ---------------------------------------------------------
 
-    def _composite(self, rows, res_type, sp, prog, resource, memo):
-        """``memo`` lives for one resource: the composites of a type share components
-        (every Observation code-value-* reads ``code``), computed once."""
-        base_prog, comps = prog
+    def _composite(self, rows: list, res_type: str, code: str, comps: tuple,
+                   values: list, resource: dict, components: Forest,
+                   memo: tuple[dict, dict]) -> None:
+        """``memo`` lives for one resource: the composites of a type share nodes and
+        components (every Observation code-value-* reads the Observation's ``code``), so the
+        component programs run once per node, and each component's forms are made once."""
+        found_at, forms_of = memo
         seen = set()
         n = len(comps)
-        for node, _t in base_prog(resource):
+        for node, _t in values:
+            nid = id(node)   # (the nodes live as long as the memo: they are in the resource)
+            found = found_at.get(nid)
+            if found is None:
+                found = found_at[nid] = components.run(node, resource)
             # last component first: it is the one most often absent (an Observation has one
-            # value[x], so most of its code-value-* composites stop here, cheaply)
+            # value[x], so most of its code-value-* composites stop here, before any forms)
             per_comp: list = [None] * n
             for i in range(n - 1, -1, -1):
-                ctype, cprog = comps[i]
-                key = (id(node), id(cprog), ctype, i == n - 1)
-                forms = memo.get(key)
+                ctype, j, last = comps[i]
+                key = (nid, j, ctype, last)
+                forms = forms_of.get(key)
                 if forms is None:
-                    forms = memo[key] = composite_forms(ctype, cprog(node, resource), i == n - 1,
-                                                        self.base_urls)
+                    forms = forms_of[key] = composite_forms(ctype, found.get(j, []), last,
+                                                            self.base_urls)
                 if not forms:
                     break
                 per_comp[i] = forms
@@ -232,25 +325,24 @@ class Indexer:
                                 keyparts.append(unit)
                         else:
                             keyparts.append(part)
-                    key = cut("$".join(keyparts), URI_LEN)
-                    if (key, low, high) in seen:
+                    row = (res_type, code, cut("$".join(keyparts), URI_LEN), low, high)
+                    if row in seen:
                         continue
-                    seen.add((key, low, high))
-                    rows.append({"res_type": res_type, "param": sp.code, "key": key,
-                                 "low": low, "high": high})
+                    seen.add(row)
+                    rows.append(row)
 
 
 # ---------------------------------------------------------------- value conversion
 
 def token_values(v: Any, t: str | None) -> list[tuple[str | None, str | None, str | None]]:
     """(system, code, normalized text) triples of one token-typed value."""
-    if isinstance(v, bool):
-        return [(None, "true" if v else "false", None)]
-    if isinstance(v, str):
-        return [(None, v, None)]
-    if isinstance(v, (int, float)):
-        return [(None, decimal_text(v), None)]
     if not isinstance(v, dict):
+        if isinstance(v, bool):
+            return [(None, "true" if v else "false", None)]
+        if isinstance(v, str):
+            return [(None, v, None)]
+        if isinstance(v, (int, float)):
+            return [(None, decimal_text(v), None)]
         return []
     if t == "CodeableConcept" or (t is None and ("coding" in v or ("text" in v and len(v) <= 2
                                                                   and "value" not in v))):
@@ -298,26 +390,33 @@ def string_values(v: Any) -> list[str]:
                 out.append(x)
             elif isinstance(x, list):
                 for y in x:
-                    out.extend(string_values(y) if isinstance(y, dict) else
-                               [y] if isinstance(y, str) else [])
+                    if isinstance(y, str):
+                        out.append(y)
+                    elif isinstance(y, dict):
+                        out.extend(string_values(y))
             elif isinstance(x, dict):
                 out.extend(string_values(x))
         return out
     return []
 
 
+#: date_range of the values seen lately: it costs many times a lookup, and dates repeat
+#: across resources (birth dates, the days care happens on)
+_date_range = functools.lru_cache(maxsize=16384)(date_range)
+
+
 def date_values(v: Any, t: str | None = None) -> list[tuple[int, int]]:
     try:
         if isinstance(v, str):
-            return [date_range(v)]
+            return [_date_range(v)]
         if not isinstance(v, dict):
             return []
         if "start" in v or "end" in v:   # Period
-            low = date_range(v["start"])[0] if isinstance(v.get("start"), str) else DATE_MIN
-            high = date_range(v["end"])[1] if isinstance(v.get("end"), str) else DATE_MAX
+            low = _date_range(v["start"])[0] if isinstance(v.get("start"), str) else DATE_MIN
+            high = _date_range(v["end"])[1] if isinstance(v.get("end"), str) else DATE_MAX
             return [(low, high)]
         if "event" in v or "repeat" in v:   # Timing
-            out = [date_range(e) for e in v.get("event") or () if isinstance(e, str)]
+            out = [_date_range(e) for e in v.get("event") or () if isinstance(e, str)]
             rep = v.get("repeat")
             if isinstance(rep, dict) and isinstance(rep.get("boundsPeriod"), dict):
                 out.extend(date_values(rep["boundsPeriod"]))
@@ -327,11 +426,13 @@ def date_values(v: Any, t: str | None = None) -> list[tuple[int, int]]:
     return []
 
 
-def quantity_values(v: Any, t: str | None = None) -> list[dict]:
+def quantity_values(v: Any, t: str | None = None) -> list[tuple]:
+    """``(value, low, high, system, code, unit)`` of one quantity-typed value (a Quantity,
+    Range, Money or plain number)."""
     if not isinstance(v, dict):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return [{"value": float(v), "low": float(v), "high": float(v),
-                     "system": None, "code": None, "unit": None}]
+            f = float(v)
+            return [(f, f, f, None, None, None)]
         return []
     if "low" in v or "high" in v:   # Range
         lo = (v.get("low") or {}).get("value")
@@ -341,18 +442,16 @@ def quantity_values(v: Any, t: str | None = None) -> list[dict]:
         hi_f = float(hi) if isinstance(hi, (int, float)) else NUM_MAX
         if lo is None and hi is None:
             return []
-        return [{"value": lo_f if lo is not None else hi_f, "low": lo_f, "high": hi_f,
-                 "system": cut(unit.get("system"), TOKEN_LEN), "code": cut(unit.get("code"), TOKEN_LEN),
-                 "unit": cut(unit.get("unit"), TOKEN_LEN)}]
+        return [(lo_f if lo is not None else hi_f, lo_f, hi_f, cut(unit.get("system"), TOKEN_LEN),
+                 cut(unit.get("code"), TOKEN_LEN), cut(unit.get("unit"), TOKEN_LEN))]
     val = v.get("value")
     if not isinstance(val, (int, float)) or isinstance(val, bool):
         return []
     f = float(val)
     if "currency" in v:   # Money
-        return [{"value": f, "low": f, "high": f, "system": _CURRENCY,
-                 "code": cut(v.get("currency"), TOKEN_LEN), "unit": None}]
-    return [{"value": f, "low": f, "high": f, "system": cut(v.get("system"), TOKEN_LEN),
-             "code": cut(v.get("code"), TOKEN_LEN), "unit": cut(v.get("unit"), TOKEN_LEN)}]
+        return [(f, f, f, _CURRENCY, cut(v.get("currency"), TOKEN_LEN), None)]
+    return [(f, f, f, cut(v.get("system"), TOKEN_LEN), cut(v.get("code"), TOKEN_LEN),
+             cut(v.get("unit"), TOKEN_LEN))]
 
 
 def parse_reference(ref: str, base_urls: tuple[str, ...] = (),
@@ -382,6 +481,11 @@ def parse_reference(ref: str, base_urls: tuple[str, ...] = (),
         [(rtype, None, cut(ref.split("|", 1)[0], URI_LEN))] if "|" in ref else [])
 
 
+#: parse_reference of the references seen lately: many resources point to the same patient,
+#: practitioner, organization (the lists are shared: read them only)
+_reference_targets = functools.lru_cache(maxsize=16384)(parse_reference)
+
+
 def composite_forms(ctype: str, vals: list, last: bool, base_urls=()) -> list:
     """The exact-match forms of one composite component's values (see sp_composite)."""
     forms: list = []
@@ -409,14 +513,14 @@ def composite_forms(ctype: str, vals: list, last: bool, base_urls=()) -> list:
                 ranges = [(None, float(v), float(v))] if isinstance(v, (int, float)) else []
             else:
                 ranges = []
-                for q in quantity_values(v, t):
+                for _value, low, high, system, code, unit in quantity_values(v, t):
                     units = {""}
-                    if q["code"]:
-                        units.add(f"{q['system'] or ''}|{q['code']}")
-                        units.add(f"|{q['code']}")
-                    if q["unit"]:
-                        units.add(f"|{q['unit']}")
-                    ranges.extend((u, q["low"], q["high"]) for u in sorted(units))
+                    if code:
+                        units.add(f"{system or ''}|{code}")
+                        units.add(f"|{code}")
+                    if unit:
+                        units.add(f"|{unit}")
+                    ranges.extend((u, low, high) for u in sorted(units))
             if last:
                 forms.extend(ranges)
             else:

@@ -5,7 +5,9 @@ one of a handful of well-known functions. Those compile here, once per (expressi
 type), into a tuple of small steps walked over the resource's JSON dicts: no FHIRPath engine
 runs for them. The FHIR type of every value is tracked at compile time (with fhirpathpy's R4
 model tables: element types, choice types, inherited elements), so value conversion later
-knows that ``Observation.value`` yielded a ``Quantity`` from ``valueQuantity``.
+knows that ``Observation.value`` yielded a ``Quantity`` from ``valueQuantity``. The programs
+of all parameters of a resource type run together, in a :class:`Forest`: the steps they share
+(``AuditEvent.agent`` starts six of them) run once per resource.
 
 Understood without fhirpathpy:
 
@@ -82,7 +84,10 @@ def is_subtype(type_name: str | None, wanted: str) -> bool:
 
 
 # ---------------------------------------------------------------- steps
-# A step maps a list of (node, fhir_type) to a new list. Types may be None (unknown).
+# A step maps a list of (node, fhir_type) to a new list (never changing the one it is given).
+# Types may be None (unknown). Every step has a ``key``, its kind and arguments: two steps with
+# one key compute the same thing. Steps that find nothing in a node without certain JSON keys
+# name them in ``keys``. (Both for Forest.)
 
 Node = tuple[Any, "str | None"]
 Step = Callable[[list[Node], dict], list[Node]]
@@ -97,12 +102,15 @@ def _field(name: str, out_type: str | None) -> Step:
             v = node.get(name)
             if v is None:
                 continue
-            if v.__class__ is list:
-                out.extend((x, out_type) for x in v if x is not None)
+            if v.__class__ is list:   # (loops, not generators: this is the hot path)
+                for x in v:
+                    if x is not None:
+                        out.append((x, out_type))
             else:
                 out.append((v, out_type))
         return out
-    step.keys = (name,)  # the JSON keys it reads (see Program.root_keys)
+    step.key = ("field", name, out_type)
+    step.keys = (name,)
     return step
 
 
@@ -119,11 +127,13 @@ def _choice(name: str, suffixes: dict[str, str]) -> Step:
                 v = node.get(key)
                 if v is not None:
                     if v.__class__ is list:
-                        out.extend((x, t) for x in v)
+                        for x in v:
+                            out.append((x, t))
                     else:
                         out.append((v, t))
         return out
-    step.keys = tuple(k for k, _t in keys)  # the JSON keys it reads (see Program.root_keys)
+    step.key = ("choice", keys)
+    step.keys = tuple(k for k, _t in keys)
     return step
 
 
@@ -151,24 +161,29 @@ def _unknown_field(name: str) -> Step:
                     else:
                         out.append((v, t))
         return out
+    step.key = ("unknown", name)
     return step
 
 
 def _as_type(type_name: str) -> Step:
     def step(nodes: list[Node], root: dict) -> list[Node]:
         return [(v, t) for v, t in nodes if is_subtype(t, type_name)]
+    step.key = ("as", type_name)
     return step
-
 
 
 def _index(n: int) -> Step:
     def step(nodes: list[Node], root: dict) -> list[Node]:
         return nodes[n:n + 1]
+    step.key = ("index", n)
     return step
 
 
 def _root(nodes: list[Node], root: dict) -> list[Node]:
     return [(root, root.get("resourceType"))]
+
+
+_root.key = ("root",)
 
 
 def reference_type(ref: Any) -> str | None:
@@ -189,13 +204,22 @@ def reference_type(ref: Any) -> str | None:
 def _where_resolve_is(types: frozenset[str]) -> Step:
     def step(nodes: list[Node], root: dict) -> list[Node]:
         return [(v, t) for v, t in nodes if reference_type(v) in types]
+    step.key = ("resolve", types)
     return step
 
 
 def _where_equals(path: tuple[str, ...], literal: str) -> Step:
+    first = path[0] if len(path) == 1 else None
+
     def step(nodes: list[Node], root: dict) -> list[Node]:
         out = []
         for v, t in nodes:
+            if first is not None and v.__class__ is dict:
+                x = v.get(first)
+                if x.__class__ is str:   # the common case, e.g. where(system='email')
+                    if x == literal:
+                        out.append((v, t))
+                    continue
             cur = [v]
             for p in path:
                 nxt = []
@@ -208,6 +232,7 @@ def _where_equals(path: tuple[str, ...], literal: str) -> Step:
                    for c in cur):
                 out.append((v, t))
         return out
+    step.key = ("where", path, literal)
     return step
 
 
@@ -221,7 +246,8 @@ def _extension(url: str) -> Step:
                 if ext.__class__ is dict and ext.get("url") == url:
                     out.append((ext, "Extension"))
         return out
-    step.keys = ("extension",)  # the JSON keys it reads (see Program.root_keys)
+    step.key = ("extension", url)
+    step.keys = ("extension",)
     return step
 
 
@@ -428,20 +454,156 @@ class Program:
     def empty(self) -> bool:
         return not self.parts and self.fallback is None
 
-    @functools.cached_property
-    def root_keys(self) -> frozenset[str] | None:
-        """The top-level JSON keys a resource must have for this program to find anything,
-        or None when that is not known (a fallback, a step of another kind). Lets the
-        indexer skip most parameters of a resource without walking them."""
-        if self.fallback is not None or not self.parts:
-            return None
-        keys: set[str] = set()
-        for steps in self.parts:
-            first = getattr(steps[0], "keys", None) if steps else None
-            if first is None:
-                return None
-            keys.update(first)
-        return frozenset(keys)
+
+class Forest:
+    """Several programs run over one node together, each shared step prefix walked once.
+
+    The parameters of a resource type share many prefixes (``AuditEvent.agent`` starts six of
+    them, ``Patient.name`` four, ``Resource.meta`` four), and so do composite components
+    (``value.as(Quantity)``, ``value.as(CodeableConcept)``): their parts' steps go into a trie
+    keyed by ``step.key``. At the node, the trie's branches are found by the node's own JSON
+    keys: a branch whose first step reads keys the node lacks is not visited at all.
+
+    ``run(node, root)`` returns ``{program index: values}`` for the programs that found
+    something (in no particular order), each one's values as ``Program.__call__(node, root)``
+    gives them (part by part, then its fallback). The value lists may be shared between
+    programs and with the walk: read them, never change them.
+    """
+
+    def __init__(self, programs: Iterable[Program]):
+        # Where a part's values go: program i's first part (or its fallback, if it has no
+        # parts) to slot i, its other parts and fallback to extra slots after all programs,
+        # numbered in program then part order (sorted, they are in Program.__call__ order).
+        programs = list(programs)
+        self._extra: dict[int, int] = {}        # extra slot -> program
+        self._node_slots: list[int] = []        # parts without steps: the node itself
+        self._fallbacks: list[tuple[int, Callable]] = []
+        trie: dict = {}   # step key -> [step, [slots], {child key: ...}]
+        for i, prog in enumerate(programs):
+            slot = i
+            for n, steps in enumerate(prog.parts):
+                if n:
+                    slot = self._extra_slot(len(programs), i)
+                if not steps:
+                    self._node_slots.append(slot)
+                    continue
+                level = trie
+                for k, step in enumerate(steps):
+                    branch = level.setdefault(step.key, [step, [], {}])
+                    if k == len(steps) - 1:
+                        branch[1].append(slot)
+                    level = branch[2]
+            if prog.fallback is not None:
+                slot = self._extra_slot(len(programs), i) if prog.parts else i
+                self._fallbacks.append((slot, prog.fallback))
+
+        def freeze(level: dict) -> tuple:
+            # branches as _walk takes them: (step, field name or None, field type, slots,
+            # children)
+            return tuple((step, step.key[1] if step.key[0] == "field" else None,
+                          step.key[2] if step.key[0] == "field" else None,
+                          tuple(slots), freeze(children))
+                         for step, slots, children in level.values())
+
+        # The node's branches by the JSON keys their first step reads: key -> (field type
+        # and slots of a field step without children, which run() does inline, or None;
+        # the other branches that read this key only; those that read several keys, like a
+        # choice element's valueQuantity, valueString, ...). Those that read no key they
+        # declare are always walked.
+        self._by_key: dict[str, tuple] = {}
+        self._always: list[tuple] = []
+        for branch in freeze(trie):
+            step, name, out_type, slots, children = branch
+            keys = getattr(step, "keys", None)
+            if keys is None:
+                self._always.append(branch)
+                continue
+            for key in keys:
+                leaf, single, multi = self._by_key.get(key, (None, (), ()))
+                if len(keys) > 1:
+                    multi += (branch,)
+                elif name is not None and not children and leaf is None:
+                    leaf = (out_type, slots)
+                else:
+                    single += (branch,)
+                self._by_key[key] = (leaf, single, multi)
+
+    def _extra_slot(self, n_programs: int, program: int) -> int:
+        slot = n_programs + len(self._extra)
+        self._extra[slot] = program
+        return slot
+
+    def run(self, node: Any, root: dict | None = None) -> dict[int, list[Node]]:
+        root = node if root is None else root
+        found: dict[int, list[Node]] = {}
+        start: list[Node] = [(node, None)]
+        for slot in self._node_slots:
+            found[slot] = start
+        if node.__class__ is dict:   # (the steps that read keys skip other nodes)
+            by_key = self._by_key
+            several = None   # branches that read several keys: walked once
+            for key in node.keys() & by_key.keys():
+                leaf, branches, multi = by_key[key]
+                if multi:
+                    if several is None:
+                        several = {}
+                    for branch in multi:
+                        several[id(branch)] = branch
+                if leaf is not None:   # a field step, inline
+                    v = node[key]
+                    if v is not None:
+                        out_type, slots = leaf
+                        if v.__class__ is list:
+                            out = [(x, out_type) for x in v if x is not None]
+                        else:
+                            out = [(v, out_type)]
+                        if out:
+                            for slot in slots:
+                                found[slot] = out
+                if branches:
+                    _walk(branches, start, root, found)
+            if several is not None:
+                _walk(several.values(), start, root, found)
+        if self._always:
+            _walk(self._always, start, root, found)
+        for slot, fallback in self._fallbacks:
+            values = fallback(node, root)
+            if values:
+                found[slot] = values
+        if self._extra:   # join a program's parts
+            extra = self._extra
+            for slot in sorted(found.keys() & extra.keys()):
+                i = extra[slot]
+                values = found.pop(slot)
+                found[i] = found[i] + values if i in found else values
+        return found
+
+
+def _walk(branches: Iterable[tuple], nodes: list[Node], root: dict,
+          found: dict[int, list[Node]]) -> None:
+    """Run each branch's step on ``nodes``; a non-empty result fills the branch's slots and
+    goes on to its children. Field steps, most of them, run inline (what ``_field`` does,
+    without a call)."""
+    for step, name, out_type, slots, children in branches:
+        if name is None:
+            out = step(nodes, root)
+        else:
+            out = []
+            for node, _ in nodes:
+                if node.__class__ is dict:
+                    v = node.get(name)
+                    if v is not None:
+                        if v.__class__ is list:
+                            for x in v:
+                                if x is not None:
+                                    out.append((x, out_type))
+                        else:
+                            out.append((v, out_type))
+        if out:
+            for slot in slots:
+                found[slot] = out
+            if children:
+                _walk(children, out, root, found)
 
 
 def _fhirpathpy_fallback(expr: str) -> Callable[[Any, dict], list[Node]]:
