@@ -62,6 +62,11 @@ class SearchEngine:
         """Index rows per ``sp_*`` table kind for one resource (no ``id``/``rid``)."""
         return self.indexer.rows(res_type, resource)
 
+    def index_tuples(self, res_type: str, resource: dict) -> dict[str, list[tuple]]:
+        """The same rows as tuples in the column order of ``extract.COLUMNS`` (the write
+        path: no dict per row)."""
+        return self.indexer.tuples(res_type, resource)
+
     def reindex(self, conn: Connection, res_types: Iterable[str] | None = None,
                 batch: int = 500) -> int:
         """Rewrite the index rows of every current resource (of ``res_types``) in one

@@ -34,7 +34,7 @@ from ..model import resources as res
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
 from .fastread import FastReader
-from .tables import INDEX_TABLES, resource, resource_history
+from .tables import INDEX_COLUMNS, INDEX_TABLES, resource, resource_history
 
 T = TypeVar("T")
 Validator = Callable[[dict, str], dict]
@@ -164,7 +164,7 @@ _UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
 _RAW_HISTORY = ("INSERT INTO resource_history (rid, res_type, res_id, version, last_updated, "
                 "method, deleted, body) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}, "
                 "{mark}, {mark})")
-#: (kind, columns, placeholder) -> INSERT for the driver's executemany (``_insert_index``)
+#: (kind, placeholder) -> INSERT for the driver's executemany (``_insert_index``)
 _RAW_INSERT: dict[tuple, str] = {}
 
 
@@ -455,16 +455,15 @@ class Tx:
         self.conn.exec_driver_sql(_RAW_HISTORY.format(mark=mark), [
             (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, p.data)
             for p in pending])
-        index: dict[str, list[dict]] = {}
-        extract = self.repo.search_engine.index_rows
+        index: dict[str, list[tuple]] = {}
+        extract = self.repo.search_engine.index_tuples
         for p in pending:
             if p.body is None:
                 continue
+            rid = (p.rid,)
             for kind, rows in extract(p.res_type, p.body).items():
                 if rows:
-                    for r in rows:
-                        r["rid"] = p.rid
-                    index.setdefault(kind, []).extend(rows)
+                    index.setdefault(kind, []).extend([row + rid for row in rows])
         for kind, rows in index.items():
             self._insert_index(kind, rows)
         out = []
@@ -488,23 +487,18 @@ class Tx:
             "SELECT nextval(pg_get_serial_sequence('resource', 'rid')) "
             "FROM generate_series(1, %s)", (n,)).scalars())
 
-    def _insert_index(self, kind: str, rows: list[dict]) -> None:
-        """Index rows straight to the driver's executemany, as tuples: SQLAlchemy's
-        per-row parameter processing cost more than the insert itself (the columns are
-        plain ints, floats and strings, which need no conversion)."""
-        groups: dict[tuple, list[tuple]] = {}
-        for r in rows:
-            keys = tuple(r)
-            groups.setdefault(keys, []).append(tuple(r.values()))
+    def _insert_index(self, kind: str, rows: list[tuple]) -> None:
+        """Index rows (``INDEX_COLUMNS[kind]`` + rid tuples) straight to the driver's executemany:
+        SQLAlchemy's per-row parameter processing cost more than the insert itself (the
+        columns are plain ints, floats and strings, which need no conversion)."""
         mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
-        for keys, values in groups.items():
-            sql = _RAW_INSERT.get((kind, keys, mark))
-            if sql is None:
-                table = INDEX_TABLES[kind].name
-                sql = _RAW_INSERT[(kind, keys, mark)] = (
-                    f"INSERT INTO {table} ({', '.join(keys)}) "
-                    f"VALUES ({', '.join([mark] * len(keys))})")
-            self.conn.exec_driver_sql(sql, values)
+        sql = _RAW_INSERT.get((kind, mark))
+        if sql is None:
+            cols = INDEX_COLUMNS[kind] + ("rid",)
+            sql = _RAW_INSERT[(kind, mark)] = (
+                f"INSERT INTO {INDEX_TABLES[kind].name} ({', '.join(cols)}) "
+                f"VALUES ({', '.join([mark] * len(cols))})")
+        self.conn.exec_driver_sql(sql, rows)
 
     def _check_version(self, res_type: str, res_id: str, current, if_match: int | None) -> None:
         if if_match is None:

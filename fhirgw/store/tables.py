@@ -174,3 +174,11 @@ INDEX_TABLES: dict[str, Table] = {
     "uri": sp_uri,
     "composite": sp_composite,
 }
+
+#: the columns of each index table a row of values fills, in table order: every column but
+#: ``rid`` (the store adds it last when it inserts). ``search.extract`` builds its rows in
+#: this order.
+INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
+    kind: tuple(c.name for c in table.columns if c.name != "rid")
+    for kind, table in INDEX_TABLES.items()
+}

@@ -6,7 +6,7 @@ from fhirgw.store.repository import Repository, clock, instant, parse_etag
 
 
 class NoSearch:
-    def index_rows(self, t, body):
+    def index_tuples(self, t, body):
         return {}
 
 
