@@ -577,20 +577,26 @@ class AuditTrail:
     ``close()`` drains the queue and stops the thread (call it when the app stops: events
     still queued when the process exits are lost).
 
-    Under sustained load (``offload_at`` events waiting after a batch was taken), the thread
-    starts a child process (``audit_writer.ChildWriter``) and from then on hands it the
-    batches: storing an event costs more CPU than the read it records, and in another
-    process that work no longer competes with the requests for the interpreter lock. Until
-    the child is ready, and whenever it fails, the thread stores the batches itself.
-    ``offload_at=None`` keeps everything in-process.
+    Under sustained load the thread starts a child process (``audit_writer.ChildWriter``)
+    and from then on hands it the batches: storing an event costs more CPU than the read it
+    records, and in another process that work no longer competes with the requests for the
+    interpreter lock. Sustained load: the thread spent more than ``offload_busy`` of the
+    last ``offload_window`` seconds storing, or ``offload_at`` events were still waiting
+    after it took a batch. Until the child is ready, and whenever it fails, the thread
+    stores the batches itself. ``offload_at=None`` keeps everything in-process.
     """
 
     def __init__(self, repo, *, flush_interval: float = 0.25, max_batch: int = 500,
                  max_queue: int = 100_000, retry_delay: float = 0.5,
                  high_water: int | None = None, max_wait: float = 2.0,
-                 offload_at: int | None = 1000):
+                 offload_at: int | None = 1000, offload_busy: float = 0.2,
+                 offload_window: float = 2.0):
         self.repo = repo
         self.offload_at = offload_at
+        self.offload_busy = offload_busy
+        self.offload_window = offload_window
+        self._window_start = time.monotonic()
+        self._window_busy = 0.0   # seconds spent storing since _window_start
         #: the child process storing batches (None: not started, or not possible)
         self.child = None
         self.flush_interval = flush_interval
@@ -699,16 +705,29 @@ class AuditTrail:
                     n = min(len(self._queue), self.max_batch)
                     batch = [self._queue.popleft() for _ in range(n)]
                     backlog = len(self._queue)
-                if self.child is None and self.offload_at is not None and \
-                        backlog >= self.offload_at:
+                if self.child is None and self.offload_at is not None and (
+                        backlog >= self.offload_at or self._busy()):
                     self._start_child()
+                started = time.monotonic()
                 self._write(batch)
+                self._window_busy += time.monotonic() - started
                 with self._lock:
                     self._done += len(batch)
                     self._progress.notify_all()
             except Exception:  # noqa: BLE001 - the writer must outlive any failure
                 log.exception("audit trail: unexpected error in the writer")
                 time.sleep(self.retry_delay)
+
+    def _busy(self) -> bool:
+        """Whether storing took more than ``offload_busy`` of the last window (and start a
+        new window when this one is over)."""
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed < self.offload_window:
+            return False
+        busy = self._window_busy / elapsed
+        self._window_start, self._window_busy = now, 0.0
+        return busy > self.offload_busy
 
     def _start_child(self) -> None:
         from .audit_writer import ChildWriter, can_offload

@@ -118,3 +118,31 @@ def test_no_child_without_load_or_for_a_memory_database():
     assert trail.flush(10) and trail.written == 30
     assert trail.child is None and trail.offload_at is None
     trail.close()
+
+
+def test_a_busy_writer_thread_starts_the_child(repo):
+    # no backlog threshold, only the share of time spent storing
+    trail = AuditTrail(repo, flush_interval=0.01, max_batch=20, offload_at=10**9,
+                       offload_busy=0.0, offload_window=0.05)
+    try:
+        for round_ in range(10):
+            for e in _events(20, start=round_ * 20):
+                trail.record(e)
+            assert trail.flush(30)
+            time.sleep(0.02)
+        assert trail.child is not None
+        assert _wait_ready(trail)
+    finally:
+        trail.close()
+
+
+def test_light_load_stays_in_process(repo):
+    trail = AuditTrail(repo, flush_interval=0.01, max_batch=20, offload_window=0.3)
+    try:
+        for round_ in range(8):
+            trail.record(_events(1, start=round_)[0])
+            assert trail.flush(30)
+            time.sleep(0.1)
+        assert trail.child is None
+    finally:
+        trail.close()
