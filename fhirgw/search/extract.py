@@ -28,6 +28,7 @@ import re
 from typing import Any, Iterable
 
 from ..model.resources import R4_TYPES, ID_RE
+from ..store.tables import INDEX_COLUMNS
 from .fhirpath import Forest, Program, compile_expression
 from .registry import RESOURCE_COLUMN_PARAMS, SearchRegistry
 from .values import (DATE_MAX, DATE_MIN, NUM_MAX, NUM_MIN, STRING_LEN, TOKEN_LEN, URI_LEN,
@@ -36,16 +37,8 @@ from .values import (DATE_MAX, DATE_MIN, NUM_MAX, NUM_MIN, STRING_LEN, TOKEN_LEN
 KINDS = ("token", "string", "date", "number", "quantity", "reference", "uri", "composite")
 
 #: the columns of each kind's rows, in tuple order: its ``sp_<kind>`` table's, without ``rid``
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "token": ("res_type", "param", "system", "code", "text"),
-    "string": ("res_type", "param", "norm", "exact"),
-    "date": ("res_type", "param", "low", "high"),
-    "number": ("res_type", "param", "value", "low", "high"),
-    "quantity": ("res_type", "param", "value", "low", "high", "system", "code", "unit"),
-    "reference": ("res_type", "param", "target_type", "target_id", "url"),
-    "uri": ("res_type", "param", "value"),
-    "composite": ("res_type", "param", "key", "low", "high"),
-}
+#: (the store's definition, so the two cannot drift apart)
+COLUMNS: dict[str, tuple[str, ...]] = INDEX_COLUMNS
 
 _STRING_SKIP = frozenset({"use", "type", "system", "period", "extension", "id", "rank",
                           "modifierExtension", "url", "reference", "contentType", "data",

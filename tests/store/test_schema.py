@@ -43,10 +43,8 @@ def test_text_and_url_indexes_are_partial_and_used(engine):
         assert "ix_sp_token_text" in plan
 
 
-def test_extracted_rows_fill_the_index_tables_in_order():
-    from fhirgw.search.extract import COLUMNS
+def test_index_columns_are_the_tables_without_rid_in_order():
     from fhirgw.store.tables import INDEX_COLUMNS, INDEX_TABLES
 
-    assert COLUMNS == INDEX_COLUMNS
     for kind, table in INDEX_TABLES.items():
         assert [c.name for c in table.columns] == ["rid", *INDEX_COLUMNS[kind]]
