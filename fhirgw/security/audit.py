@@ -580,9 +580,9 @@ class AuditTrail:
     Under sustained load the thread starts a child process (``audit_writer.ChildWriter``)
     and from then on hands it the batches: storing an event costs more CPU than the read it
     records, and in another process that work no longer competes with the requests for the
-    interpreter lock. Sustained load: the thread spent more than ``offload_busy`` of the
-    last ``offload_window`` seconds storing, or ``offload_at`` events were still waiting
-    after it took a batch. Until the child is ready, and whenever it fails, the thread
+    interpreter lock. Sustained load: the thread spent more than ``offload_busy`` of each
+    of the last two ``offload_window`` seconds storing (a short burst does not start a
+    process), or ``offload_at`` events were still waiting after it took a batch. Until the child is ready, and whenever it fails, the thread
     stores the batches itself. ``offload_at=None`` keeps everything in-process.
     """
 
@@ -597,6 +597,7 @@ class AuditTrail:
         self.offload_window = offload_window
         self._window_start = time.monotonic()
         self._window_busy = 0.0   # seconds spent storing since _window_start
+        self._busy_windows = 0    # consecutive windows over offload_busy
         #: the child process storing batches (None: not started, or not possible)
         self.child = None
         self.flush_interval = flush_interval
@@ -719,15 +720,16 @@ class AuditTrail:
                 time.sleep(self.retry_delay)
 
     def _busy(self) -> bool:
-        """Whether storing took more than ``offload_busy`` of the last window (and start a
-        new window when this one is over)."""
+        """Whether storing took more than ``offload_busy`` of the last two windows (and
+        start a new window when this one is over)."""
         now = time.monotonic()
         elapsed = now - self._window_start
         if elapsed < self.offload_window:
             return False
         busy = self._window_busy / elapsed
         self._window_start, self._window_busy = now, 0.0
-        return busy > self.offload_busy
+        self._busy_windows = self._busy_windows + 1 if busy > self.offload_busy else 0
+        return self._busy_windows >= 2
 
     def _start_child(self) -> None:
         from .audit_writer import ChildWriter, can_offload

@@ -46,14 +46,14 @@ def test_referral_round_trip(our_db, partner, tmp_path):
         r = fhir("PUT", f"{partner.base}/Task/{p_task['id']}", p_task)
         assert r.status_code == 200, r.text
         wait_for(lambda: fhir("GET", f"{ours.base}/Task/{task['id']}").json()["status"]
-                 == "accepted", timeout=5)
+                 == "accepted")
         p_task = {**r.json(), "status": "completed",
                   "output": [{"type": {"text": "visit note"},
                               "valueString": "seen 2026-12-01; medication started"}]}
         r = fhir("PUT", f"{partner.base}/Task/{p_task['id']}", p_task)
         assert r.status_code == 200, r.text
         done = wait_for(lambda: (t := fhir("GET", f"{ours.base}/Task/{task['id']}").json())
-                        ["status"] == "completed" and t, timeout=5)
+                        ["status"] == "completed" and t)
         assert done["output"][0]["valueString"].startswith("seen")
         assert fhir("GET", f"{ours.base}/ServiceRequest/{sr['id']}").json()["status"] \
             == "completed"
