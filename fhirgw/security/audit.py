@@ -557,6 +557,13 @@ def install_rule(repo) -> AuditRule:
 
 # ---------------------------------------------------------------- the trail
 
+def store_batch(repo, batch: list[dict]) -> None:
+    """Store ``batch`` as AuditEvents (fresh ids) in one unit of work: the trail's writer
+    thread, or its child process (``audit_writer``)."""
+    repo.run(lambda tx: tx.create_many(
+        [("AuditEvent", event, str(uuid.uuid4())) for event in batch]))
+
+
 class AuditTrail:
     """Writes recorded events in the background, in batches of one unit of work each.
 
@@ -582,8 +589,9 @@ class AuditTrail:
     records, and in another process that work no longer competes with the requests for the
     interpreter lock. Sustained load: the thread spent more than ``offload_busy`` of each
     of the last two ``offload_window`` seconds storing (a short burst does not start a
-    process), or ``offload_at`` events were still waiting after it took a batch. Until the child is ready, and whenever it fails, the thread
-    stores the batches itself. ``offload_at=None`` keeps everything in-process.
+    process), or ``offload_at`` events were still waiting after it took a batch. Until the
+    child is ready, and whenever it fails, the thread stores the batches itself.
+    ``offload_at=None`` keeps everything in-process.
     """
 
     def __init__(self, repo, *, flush_interval: float = 0.25, max_batch: int = 500,
@@ -746,8 +754,7 @@ class AuditTrail:
         if child is not None and child.ready:
             child.write(batch)
             return
-        self.repo.run(lambda tx: tx.create_many(
-            [("AuditEvent", event, str(uuid.uuid4())) for event in batch]))
+        store_batch(self.repo, batch)
 
     def _write(self, batch: list[dict]) -> None:
         for attempt in (1, 2):
@@ -770,4 +777,4 @@ __all__ = ["APPEND_ONLY", "AuditRule", "AuditTrail", "GATEWAY_NAME", "HANDLER_IN
            "INTERACTIONS", "PATIENT_FIELDS", "UNAUTHENTICATED", "check_append_only",
            "current_interaction", "denied_event", "disclosure_event", "install_rule",
            "interaction_for", "is_allowed", "outcome_code", "patients_of", "reset_interaction",
-           "rest_event", "set_interaction"]
+           "rest_event", "set_interaction", "store_batch"]

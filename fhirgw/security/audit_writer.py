@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
-import uuid
 
 import orjson
 
@@ -138,7 +137,7 @@ def _child_main(conn, url: str, base_urls: list[str]) -> None:
         from ..search.custom import CustomParameters
         from ..store.db import make_engine
         from ..store.repository import Repository
-        from .audit import install_rule
+        from .audit import install_rule, store_batch
 
         engine = make_engine(url, pool_size=1)
         search = SearchEngine(base_urls=base_urls)
@@ -160,8 +159,7 @@ def _child_main(conn, url: str, base_urls: list[str]) -> None:
         try:
             batch = orjson.loads(data)
             custom.maybe_refresh()
-            repo.run(lambda tx: tx.create_many(
-                [("AuditEvent", event, str(uuid.uuid4())) for event in batch]))
+            store_batch(repo, batch)
             reply = ["ok", len(batch)]
         except Exception as exc:  # noqa: BLE001 - the parent retries or counts them lost
             reply = ["error", f"{type(exc).__name__}: {exc}"]

@@ -152,19 +152,17 @@ class _Pending:
 
 
 # statements built once: executemany with cached compilation
-#: new resource rows, with keys from ``Tx._new_rids``, as tuples to the driver's executemany
-#: (an INSERT ... RETURNING per row cost more than the insert on SQLite)
-_RAW_RESOURCE = ("INSERT INTO resource (rid, res_type, res_id, version, last_updated, deleted, "
-                 "body) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}, {mark})")
 _UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
                     .values(version=bindparam("b_version"),
                             last_updated=bindparam("b_last_updated"),
                             deleted=bindparam("b_deleted"), body=bindparam("b_body")))
-#: history rows as tuples to the driver's executemany (see ``_insert_index``)
-_RAW_HISTORY = ("INSERT INTO resource_history (rid, res_type, res_id, version, last_updated, "
-                "method, deleted, body) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}, "
-                "{mark}, {mark})")
-#: (kind, placeholder) -> INSERT for the driver's executemany (``_insert_index``)
+#: the columns of the tuples ``Tx._insert_rows`` writes: new resource rows (keys from
+#: ``Tx._new_rids``), history rows, and per kind the index rows (rid appended)
+_RESOURCE_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "deleted", "body")
+_HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "method",
+                    "deleted", "body")
+_INDEX_COLUMNS = {kind: cols + ("rid",) for kind, cols in INDEX_COLUMNS.items()}
+#: (table, columns, placeholder) -> INSERT for the driver's executemany
 _RAW_INSERT: dict[tuple, str] = {}
 
 
@@ -439,11 +437,10 @@ class Tx:
                                     current.rid if current is not None else 0))
         new = [p for p in pending if p.current is None]
         old = [p for p in pending if p.current is not None]
-        mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         if new:
             for p, rid in zip(new, self._new_rids(len(new))):
                 p.rid = rid
-            self.conn.exec_driver_sql(_RAW_RESOURCE.format(mark=mark), [
+            self._insert_rows(resource.name, _RESOURCE_COLUMNS, [
                 (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
                 for p in new])
         if old:
@@ -452,7 +449,7 @@ class Tx:
                  "b_deleted": p.body is None, "b_body": p.data} for p in old])
             for table in INDEX_TABLES.values():
                 self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
-        self.conn.exec_driver_sql(_RAW_HISTORY.format(mark=mark), [
+        self._insert_rows(resource_history.name, _HISTORY_COLUMNS, [
             (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, p.data)
             for p in pending])
         index: dict[str, list[tuple]] = {}
@@ -465,7 +462,7 @@ class Tx:
                 if rows:
                     index.setdefault(kind, []).extend([row + rid for row in rows])
         for kind, rows in index.items():
-            self._insert_index(kind, rows)
+            self._insert_rows(INDEX_TABLES[kind].name, _INDEX_COLUMNS[kind], rows)
         out = []
         for p in pending:
             stored = Stored(p.res_type, p.res_id, p.version, p.now, p.body is None, p.data,
@@ -487,17 +484,17 @@ class Tx:
             "SELECT nextval(pg_get_serial_sequence('resource', 'rid')) "
             "FROM generate_series(1, %s)", (n,)).scalars())
 
-    def _insert_index(self, kind: str, rows: list[tuple]) -> None:
-        """Index rows (``INDEX_COLUMNS[kind]`` + rid tuples) straight to the driver's executemany:
-        SQLAlchemy's per-row parameter processing cost more than the insert itself (the
-        columns are plain ints, floats and strings, which need no conversion)."""
+    def _insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Rows as tuples (values in ``columns`` order) straight to the driver's
+        executemany: SQLAlchemy's per-row parameter processing cost more than the insert
+        itself (the columns are plain ints, floats, strings and bytes, which need no
+        conversion)."""
         mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
-        sql = _RAW_INSERT.get((kind, mark))
+        sql = _RAW_INSERT.get((table, columns, mark))
         if sql is None:
-            cols = INDEX_COLUMNS[kind] + ("rid",)
-            sql = _RAW_INSERT[(kind, mark)] = (
-                f"INSERT INTO {INDEX_TABLES[kind].name} ({', '.join(cols)}) "
-                f"VALUES ({', '.join([mark] * len(cols))})")
+            sql = _RAW_INSERT[(table, columns, mark)] = (
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join([mark] * len(columns))})")
         self.conn.exec_driver_sql(sql, rows)
 
     def _check_version(self, res_type: str, res_id: str, current, if_match: int | None) -> None:
