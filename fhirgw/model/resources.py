@@ -96,6 +96,44 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_default)
 
 
+def check_no_nul(data: bytes, body: Any, resource_type: str) -> None:
+    """Refuse a body (``data`` its JSON) with a U+0000 character in any string: PostgreSQL
+    cannot store one in text, and FHIR strings SHOULD NOT hold control characters. The
+    bytes are searched first (no cost for normal bodies); the path is found only then.
+
+    >>> check_no_nul(b'{"a":"x"}', {"a": "x"}, "Patient")
+    >>> check_no_nul(b'{"name":[{"family":"a\\u0000"}]}', {"name": [{"family": "a" + chr(0)}]},
+    ...              "Patient")
+    Traceback (most recent call last):
+    ...
+    fhirgw.model.errors.InvalidResource: Patient.name[0].family: a string holds the character U+0000 (NUL), which this server does not store
+    """
+    if b"\\u0000" not in data:
+        return
+    where = _nul_path(body, resource_type)
+    if where is not None:
+        raise InvalidResource(f"{where}: a string holds the character U+0000 (NUL), which "
+                              "this server does not store", expression=where, code="invalid")
+
+
+def _nul_path(node: Any, path: str) -> str | None:
+    if isinstance(node, str):
+        return path if "\0" in node else None
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if "\0" in k:
+                return path
+            found = _nul_path(v, f"{path}.{k}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found = _nul_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 # ---------------------------------------------------------------- validation
 
 @functools.lru_cache(maxsize=None)

@@ -266,6 +266,10 @@ class QueryParser:
               base_url: str = "", compartment: tuple[str, str] | None = None) -> SearchQuery:
         q = SearchQuery(res_type=res_type, base_url=base_url, compartment=compartment)
         q.items = [(k, v) for k, v in items if k not in TRANSPORT_PARAMS]
+        for name, value in items:
+            if "\0" in name or "\0" in value:   # stored strings never hold one (check_no_nul)
+                raise BadRequest(f"The search parameter {name!r} holds the character U+0000 "
+                                 "(NUL), which no stored value contains", expression=name)
         if res_type is not None and res_type not in SUPPORTED:
             raise BadRequest(f"Unknown or unsupported resource type {res_type!r}")
         # _type first: it decides which parameters a system-level search knows

@@ -162,8 +162,10 @@ _RESOURCE_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "de
 _HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "method",
                     "deleted", "body")
 _INDEX_COLUMNS = {kind: cols + ("rid",) for kind, cols in INDEX_COLUMNS.items()}
-#: (table, columns, placeholder) -> INSERT for the driver's executemany
+#: (table, columns, placeholder or "copy") -> INSERT for the driver's executemany, or COPY
 _RAW_INSERT: dict[tuple, str] = {}
+#: PostgreSQL: from this many rows on, ``_insert_rows`` uses COPY instead of INSERT
+_COPY_MIN_ROWS = 2
 
 
 def _lock_key(text: str) -> int:
@@ -432,6 +434,11 @@ class Tx:
             if body is not None:
                 body = _with_meta(body, res_id, version, now)
                 data = res.dumps(body)
+                try:
+                    res.check_no_nul(data, body, res_type)   # stored alike on both databases
+                except FhirError as exc:
+                    exc.batch_index = position
+                    raise
             pending.append(_Pending(res_type, res_id, body, method, current, now, version,
                                     data, rules, previous,
                                     current.rid if current is not None else 0))
@@ -485,10 +492,25 @@ class Tx:
             "FROM generate_series(1, %s)", (n,)).scalars())
 
     def _insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        """Rows as tuples (values in ``columns`` order) straight to the driver's
-        executemany: SQLAlchemy's per-row parameter processing cost more than the insert
-        itself (the columns are plain ints, floats, strings and bytes, which need no
-        conversion)."""
+        """Rows as tuples (values in ``columns`` order) straight to the driver: SQLAlchemy's
+        per-row parameter processing cost more than the insert itself (the columns are
+        plain ints, floats, strings and bytes, which need no conversion). SQLite:
+        ``executemany``. PostgreSQL: ``COPY ... FROM STDIN`` for several rows (about half
+        the server's time per row of a pipelined ``executemany``: one statement, no
+        per-row parse/bind/execute), else one INSERT."""
+        if not rows:
+            return
+        if self.repo.is_pg and len(rows) >= _COPY_MIN_ROWS:
+            sql = _RAW_INSERT.get((table, columns, "copy"))
+            if sql is None:
+                sql = _RAW_INSERT[(table, columns, "copy")] = (
+                    f"COPY {table} ({', '.join(columns)}) FROM STDIN")
+            with self.conn.connection.driver_connection.cursor() as cur, \
+                    cur.copy(sql) as copy:
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+            return
         mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         sql = _RAW_INSERT.get((table, columns, mark))
         if sql is None:

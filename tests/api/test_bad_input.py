@@ -42,6 +42,12 @@ REQUESTS = [
  ("POST", "/fhir/SearchParameter", {"resourceType":"SearchParameter","url":"http://x","name":"x","status":"active","description":"d","code":"x","base":["Patient"],"type":"composite","expression":"Patient"}),
  ("GET", "/fhir/Composition/none/$document?_format=html", None), ("POST", "/fhir/Patient/$reindex", None), ("GET", "/fhir/$reindex-status/zz", None),
  ("GET", "/fhir/metadata?_format=text/turtle", None), ("DELETE", "/fhir/Patient?", None), ("DELETE", "/fhir/Patient?nonsense=1", None),
+ # U+0000: PostgreSQL text cannot hold it
+ ("POST", "/fhir/Patient", {"resourceType":"Patient","name":[{"family":"a\u0000b"}]}), ("PUT", "/fhir/Patient/PID", {"resourceType":"Patient","id":"PID","gender":"male","name":[{"text":"\u0000"}]}),
+ ("PATCH", "/fhir/Patient/PID", [{"op":"add","path":"/name","value":[{"family":"x\u0000"}]}]),
+ ("POST", "/fhir", {"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"POST","url":"Patient"},"resource":{"resourceType":"Patient","name":[{"family":"\u0000"}]}}]}),
+ ("GET", "/fhir/Patient?name=a%00b", None), ("GET", "/fhir/Patient?identifier=a%00|b", None), ("GET", "/fhir/Patient/a%00b", None),
+ ("GET", "/fhir/Patient?_id=a%00b", None), ("GET", "/fhir/Patient?general-practitioner=Practitioner/a%00", None), ("GET", "/fhir/Patient?_tag=%00", None),
 ]
 
 
@@ -59,3 +65,21 @@ def test_no_500_and_an_outcome(client, method, url, body):
     if r.status_code >= 400:
         assert r.json()["resourceType"] == "OperationOutcome"
         assert r.json()["issue"][0]["diagnostics"]
+
+
+def test_nul_character_is_refused_with_its_path_and_nothing_is_stored(client):
+    """U+0000 cannot be stored in PostgreSQL text: both databases refuse it alike, naming
+    the element, and a transaction with one such entry stores none of its entries."""
+    bad = {"resourceType": "Patient", "name": [{"family": "ok"}, {"given": ["x", "y\u0000"]}]}
+    r = client.post("/fhir/Patient", json=bad)
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["Patient.name[1].given[1]"]
+    r = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "name": [{"family": "fine"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": bad, "request": {"method": "POST", "url": "Patient"}}]})
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.name[1].given[1]"]
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0
+    r = client.get("/fhir/Patient", params={"family": "a\u0000"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["family"]

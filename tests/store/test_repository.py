@@ -78,3 +78,46 @@ def test_clock_is_strictly_increasing():
 @pytest.mark.parametrize("raw,expected", [('W/"3"', 3), ('"4"', 4), ("5", 5), (None, None)])
 def test_parse_etag(raw, expected):
     assert parse_etag(raw) == expected
+
+
+AWKWARD = ["tab\there", "line\nbreak", "back\\slash", "\\N", "quote's \"double\"", "ünïcödé 😀",
+           "comma,semi;pipe|", "carriage\rreturn", ""]
+
+
+def test_bulk_rows_keep_awkward_values(engine):
+    """Batched writes (COPY on PostgreSQL, executemany on SQLite) store every value as
+    given: control characters, backslashes, COPY's own null marker, non-ASCII, floats,
+    NULLs and the bytes of the body."""
+    from sqlalchemy import select
+
+    from fhirgw.search import SearchEngine
+    from fhirgw.store.tables import resource, sp_number, sp_string, sp_token
+
+    repo = Repository(engine, SearchEngine())
+    bodies = [{"resourceType": "Patient", "name": [{"family": v, "text": v}],
+               "identifier": [{"system": f"urn:sys:{v}", "value": v}]} for v in AWKWARD[:-1]]
+    bodies.append({"resourceType": "RiskAssessment", "status": "final",
+                   "subject": {"reference": "Patient/x"},
+                   "prediction": [{"probabilityDecimal": 0.125}, {"probabilityDecimal": 1e-7}]})
+    stored = repo.run(lambda tx: [w.stored for w in tx.create_many(
+        [(b["resourceType"], b, f"id{i}") for i, b in enumerate(bodies)])])
+    assert len(stored) == len(bodies)
+    for s, sent in zip(stored, bodies):
+        back = repo.read(s.res_type, s.res_id).resource()
+        assert {k: v for k, v in back.items() if k not in ("id", "meta")} == sent
+    with engine.connect() as c:
+        raw = dict(c.execute(select(resource.c.res_id, resource.c.body)).all())
+        assert all(raw[s.res_id] == s.body for s in stored)     # bytes, byte for byte
+        exact = {r.exact for r in c.execute(select(sp_string.c.exact).where(
+            sp_string.c.param == "family"))}
+        codes = {(r.system, r.code) for r in c.execute(select(sp_token.c.system, sp_token.c.code)
+                                                       .where(sp_token.c.param == "identifier"))}
+        probs = sorted(r.value for r in c.execute(select(sp_number.c.value)))
+    assert exact == set(AWKWARD[:-1])
+    assert codes == {(f"urn:sys:{v}", v) for v in AWKWARD[:-1]}
+    assert probs == [1e-7, 0.125]
+    # a search finds them by exact value through the same rows
+    hits = repo.run(lambda tx: tx.find("Patient", [("family:exact", "ünïcödé 😀")]))
+    assert [h[1] for h in hits] == ["id5"]
+    hits = repo.run(lambda tx: tx.find("Patient", [("family:exact", "back\\\\slash")]))
+    assert [h[1] for h in hits] == ["id2"]
