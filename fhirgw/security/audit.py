@@ -521,7 +521,7 @@ class AuditRule(WriteRule):
                 patients |= self._patients_before(tx, s)
             else:
                 lifecycle[ref] = "C" if ref in created else "U"
-                patients |= patients_of(s.body)
+                patients |= patients_of(s.parsed if s.parsed is not None else s.body)
             refs.append(f"{ref}/_history/{s.version}")
         kinds = set(lifecycle.values())
         action = kinds.pop() if len(kinds) == 1 else "E"
