@@ -135,11 +135,14 @@ def _child_main(conn, url: str, base_urls: list[str]) -> None:
     try:
         from ..search import SearchEngine
         from ..search.custom import CustomParameters
-        from ..store.db import make_engine
+        from ..store.db import WalCheckpointer, make_engine
         from ..store.repository import Repository
         from .audit import install_rule, store_batch
 
         engine = make_engine(url, pool_size=1)
+        # SQLite: the child copies back the WAL pages it writes (the server's checkpointer
+        # only handles what the server commits)
+        checkpointer = WalCheckpointer(engine)
         search = SearchEngine(base_urls=base_urls)
         custom = CustomParameters(search.registry, engine)   # stored SearchParameters
         custom.load()
@@ -149,6 +152,7 @@ def _child_main(conn, url: str, base_urls: list[str]) -> None:
         conn.send_bytes(orjson.dumps(["error", f"{type(exc).__name__}: {exc}"]))
         return
     conn.send_bytes(orjson.dumps(["ready", None]))
+    checkpointer.start()
     while True:
         try:
             data = conn.recv_bytes()
@@ -167,4 +171,5 @@ def _child_main(conn, url: str, base_urls: list[str]) -> None:
             conn.send_bytes(orjson.dumps(reply))
         except OSError:
             break
+    checkpointer.stop()
     engine.dispose()

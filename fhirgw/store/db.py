@@ -71,21 +71,32 @@ class WalCheckpointer:
     """Checkpoints a SQLite WAL database in a background thread, so that no request pays for
     copying the WAL back and fsyncing (``PRAGMA wal_checkpoint(PASSIVE)``: it never blocks
     readers or writers). sqlite3 releases the GIL while it does I/O, so the work overlaps
-    with requests. Nothing to do (and no thread) for PostgreSQL or an in-memory database."""
+    with requests. Nothing to do (and no thread) for PostgreSQL or an in-memory database.
+
+    It checkpoints only after a commit on its engine since the last round: each process
+    copies back what it wrote. A process that only reads (the server while its audit writer
+    process stores the read events) then spends no CPU copying another process's pages."""
 
     def __init__(self, engine: Engine, interval: float = 0.5):
         self.engine = engine
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: set by every commit on ``engine``, cleared by each round
+        self._dirty = True
+        self.rounds = 0
 
     @property
     def applies(self) -> bool:
         db = self.engine.url.database or ""
         return is_sqlite(self.engine) and db not in ("", ":memory:")
 
+    def _committed(self, _conn) -> None:
+        self._dirty = True
+
     def start(self) -> None:
         if self.applies and self._thread is None:
+            event.listen(self.engine, "commit", self._committed)
             self._thread = threading.Thread(target=self._run, name="fhirgw-wal-checkpoint",
                                             daemon=True)
             self._thread.start()
@@ -95,6 +106,7 @@ class WalCheckpointer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+            event.remove(self.engine, "commit", self._committed)
 
     def checkpoint(self) -> tuple[int, int, int]:
         """One passive checkpoint: (busy, WAL frames, frames checkpointed)."""
@@ -107,9 +119,14 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            if not self._dirty:
+                continue
+            self._dirty = False
             try:
                 self.checkpoint()
+                self.rounds += 1
             except Exception:  # noqa: BLE001 - retried next time; the safety net remains
+                self._dirty = True
                 log.warning("WAL checkpoint failed", exc_info=True)
 
 

@@ -64,6 +64,11 @@ def test_batches_go_to_the_child_under_load(repo):
         in_process = 0 if trail.child.ready else 60
         assert _wait_ready(trail), "the writer process did not start"
         assert trail.child.pid != os.getpid()
+        db_file = repo.engine.url.database if repo.engine.dialect.name == "sqlite" else None
+        if db_file:
+            with repo.engine.connect() as conn:   # everything so far in the file
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            size_before = os.path.getsize(db_file)
         for e in _events(240, start=60):
             trail.record(e)
         assert trail.flush(30)
@@ -76,6 +81,13 @@ def test_batches_go_to_the_child_under_load(repo):
         # the child loaded the stored SearchParameter and indexed its events by it
         assert _count(repo, "SELECT count(*) FROM sp_token WHERE res_type = 'AuditEvent' "
                             "AND param = 'x-altid' AND code = 'acme-client'") == 300 - in_process
+        if db_file:
+            # the child checkpoints the WAL pages it wrote (no checkpointer runs here): the
+            # database file grows only when pages are copied back from the WAL
+            deadline = time.monotonic() + 10
+            while os.path.getsize(db_file) == size_before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert os.path.getsize(db_file) > size_before
     finally:
         trail.close()
     assert trail.child.pid is None   # stopped with the trail

@@ -8,9 +8,9 @@ from fhirgw.store.db import WAL_AUTOCHECKPOINT, WalCheckpointer, make_engine, mi
 from fhirgw.store.repository import Repository
 
 
-def _patients(repo, n):
+def _patients(repo, n, prefix="p"):
     repo.run(lambda tx: tx.create_many(
-        [("Patient", {"resourceType": "Patient", "name": [{"family": f"F{i}"}]}, f"p{i}")
+        [("Patient", {"resourceType": "Patient", "name": [{"family": f"F{i}"}]}, f"{prefix}{i}")
          for i in range(n)]))
 
 
@@ -52,3 +52,38 @@ def test_background_thread_checkpoints_and_stops(tmp_path):
 def test_nothing_to_do_for_memory_or_postgresql():
     assert not WalCheckpointer(create_engine("sqlite://")).applies
     assert not WalCheckpointer(make_engine("postgresql+psycopg://u@127.0.0.1:1/x")).applies
+
+
+def _wait(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_checkpoints_only_after_its_own_commits(tmp_path):
+    """A round runs only when its engine committed since the last one: a process that only
+    reads (e.g. while another process writes the audit trail) copies nothing back."""
+    url = f"sqlite:///{tmp_path / 'wal.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    cp = WalCheckpointer(engine, interval=0.05)
+    cp.start()
+    try:
+        assert _wait(lambda: cp.rounds == 1)          # the first round, on start
+        time.sleep(0.3)
+        assert cp.rounds == 1                          # idle: no rounds
+        other = make_engine(url)                       # another process's writes
+        _patients(Repository(other, SearchEngine()), 20)
+        time.sleep(0.3)
+        assert cp.rounds == 1
+        assert WalCheckpointer(other).checkpoint()[1] > 0     # left in the WAL for it
+        _patients(Repository(engine, SearchEngine()), 20, "q")  # its own commit
+        assert _wait(lambda: cp.rounds == 2)
+        busy, frames, done = cp.checkpoint()
+        assert busy == 0 and frames == done
+        other.dispose()
+    finally:
+        cp.stop()
