@@ -75,9 +75,10 @@ def install(app: FastAPI, router: Router, auth) -> None:
                 fast = await anyio.to_thread.run_sync(router.read_fast, target[0], target[1], inm)
             if fast is not None:
                 if router.audit is not None:
-                    event = rest_event(principal, "read", fast.status,
-                                       resource_refs=(f"{target[0]}/{target[1]}",),
-                                       patient_refs=patients_of(fast.stored.body))
+                    ref = f"{target[0]}/{target[1]}"
+                    event = rest_event(principal, "read", fast.status, resource_refs=(ref,),
+                                       patient_refs=(ref,) if target[0] == "Patient"
+                                       else patients_of(fast.stored.body))
                     if router.audit.congested:  # it would wait: not on the event loop
                         await anyio.to_thread.run_sync(router.audit.record, event)
                     else:
