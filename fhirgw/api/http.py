@@ -117,6 +117,12 @@ def install(app: FastAPI, router: Router, auth) -> None:
     # resolution (a pydantic pass per request) is not needed on the hottest path
     app.router.add_route("/fhir", fhir, methods=METHODS, include_in_schema=False)
     app.router.add_route("/fhir/{path:path}", fhir, methods=METHODS, include_in_schema=False)
+    # Starlette tries routes in order: the /fhir ones (discovery, then the catch-all, in the
+    # order they were added) go first, so a FHIR request does not test the docs, OpenAPI and
+    # token routes on its way (about 1 µs each)
+    routes = app.router.routes
+    routes[:] = [r for r in routes if getattr(r, "path", "").startswith("/fhir")] + \
+        [r for r in routes if not getattr(r, "path", "").startswith("/fhir")]
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

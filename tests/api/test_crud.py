@@ -238,3 +238,13 @@ def test_openapi_lists_each_type_with_its_schema(client):
     assert ref.rsplit("/", 1)[-1] in doc["components"]["schemas"]
     names = {p["name"] for p in doc["paths"]["/fhir/Patient"]["get"]["parameters"]}
     assert "identifier" in names
+
+
+def test_fhir_routes_are_tried_first_and_discovery_still_answers(client):
+    paths = [getattr(r, "path", "") for r in client.app.router.routes]
+    assert paths[:3] == ["/fhir/.well-known/smart-configuration", "/fhir", "/fhir/{path:path}"]
+    for url in ("/fhir/.well-known/smart-configuration", "/.well-known/smart-configuration"):
+        r = client.get(url)
+        assert r.status_code == 200 and r.json()["token_endpoint"].endswith("/auth/token")
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/healthz").json() == {"status": "ok"}
