@@ -81,10 +81,11 @@ class SearchEngine:
     def reindex_batch(self, conn: Connection, res_types: Iterable[str] | None = None, *,
                       after_rid: int = 0, limit: int = 500) -> tuple[int, int]:
         """Rewrite the index rows of the next ``limit`` current resources with ``rid`` above
-        ``after_rid``: one delete and one executemany per table. Returns (count, last rid),
+        ``after_rid``: one delete and one bulk insert per table. Returns (count, last rid),
         so a caller can commit per batch and report progress."""
-        from sqlalchemy import delete, insert
+        from sqlalchemy import delete
 
+        from ..store.bulk import INDEX_ROW_COLUMNS, insert_rows
         from ..store.tables import INDEX_TABLES
         stmt = (select(resource.c.rid, resource.c.res_type, resource.c.body)
                 .where(resource.c.deleted == false(), resource.c.rid > after_rid)
@@ -95,16 +96,17 @@ class SearchEngine:
         if not chunk:
             return 0, after_rid
         rids = [r.rid for r in chunk]
-        out: dict[str, list[dict]] = {}
+        out: dict[str, list[tuple]] = {}
         for r in chunk:
             if r.body is None:
                 continue
-            for kind, kr in self.index_rows(r.res_type, loads(r.body)).items():
-                out.setdefault(kind, []).extend(dict(x, rid=r.rid) for x in kr)
+            rid = (r.rid,)
+            for kind, kr in self.index_tuples(r.res_type, loads(r.body)).items():
+                if kr:
+                    out.setdefault(kind, []).extend([row + rid for row in kr])
         for kind, table in INDEX_TABLES.items():
             conn.execute(delete(table).where(table.c.rid.in_(rids)))
-            if out.get(kind):
-                conn.execute(insert(table), out[kind])
+            insert_rows(conn, table.name, INDEX_ROW_COLUMNS[kind], out.get(kind, []))
         return len(chunk), rids[-1]
 
     # -------------------------------------------------------------- parsing

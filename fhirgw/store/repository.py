@@ -33,8 +33,9 @@ from sqlalchemy.exc import DBAPIError
 from ..model import resources as res
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
+from .bulk import INDEX_ROW_COLUMNS, insert_rows
 from .fastread import FastReader
-from .tables import INDEX_COLUMNS, INDEX_TABLES, resource, resource_history
+from .tables import INDEX_TABLES, resource, resource_history
 
 T = TypeVar("T")
 Validator = Callable[[dict, str], dict]
@@ -159,16 +160,11 @@ _UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
                     .values(version=bindparam("b_version"),
                             last_updated=bindparam("b_last_updated"),
                             deleted=bindparam("b_deleted"), body=bindparam("b_body")))
-#: the columns of the tuples ``Tx._insert_rows`` writes: new resource rows (keys from
-#: ``Tx._new_rids``), history rows, and per kind the index rows (rid appended)
+#: the columns of the resource and history rows ``Tx._write_many`` inserts
+#: (``store.bulk.insert_rows``; new resource rows have keys from ``Tx._new_rids``)
 _RESOURCE_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "deleted", "body")
 _HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "method",
                     "deleted", "body")
-_INDEX_COLUMNS = {kind: cols + ("rid",) for kind, cols in INDEX_COLUMNS.items()}
-#: (table, columns, placeholder or "copy") -> INSERT for the driver's executemany, or COPY
-_RAW_INSERT: dict[tuple, str] = {}
-#: PostgreSQL: from this many rows on, ``_insert_rows`` uses COPY instead of INSERT
-_COPY_MIN_ROWS = 2
 
 
 def _lock_key(text: str) -> int:
@@ -452,7 +448,7 @@ class Tx:
         if new:
             for p, rid in zip(new, self._new_rids(len(new))):
                 p.rid = rid
-            self._insert_rows(resource.name, _RESOURCE_COLUMNS, [
+            insert_rows(self.conn, resource.name, _RESOURCE_COLUMNS, [
                 (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
                 for p in new])
         if old:
@@ -461,7 +457,7 @@ class Tx:
                  "b_deleted": p.body is None, "b_body": p.data} for p in old])
             for table in INDEX_TABLES.values():
                 self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
-        self._insert_rows(resource_history.name, _HISTORY_COLUMNS, [
+        insert_rows(self.conn, resource_history.name, _HISTORY_COLUMNS, [
             (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, p.data)
             for p in pending])
         index: dict[str, list[tuple]] = {}
@@ -474,7 +470,7 @@ class Tx:
                 if rows:
                     index.setdefault(kind, []).extend([row + rid for row in rows])
         for kind, rows in index.items():
-            self._insert_rows(INDEX_TABLES[kind].name, _INDEX_COLUMNS[kind], rows)
+            insert_rows(self.conn, INDEX_TABLES[kind].name, INDEX_ROW_COLUMNS[kind], rows)
         out = []
         for p in pending:
             stored = Stored(p.res_type, p.res_id, p.version, p.now, p.body is None, p.data,
@@ -498,34 +494,6 @@ class Tx:
                 "SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
         return list(self.conn.exec_driver_sql(
             "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", (seq, n)).scalars())
-
-    def _insert_rows(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-        """Rows as tuples (values in ``columns`` order) straight to the driver: SQLAlchemy's
-        per-row parameter processing cost more than the insert itself (the columns are
-        plain ints, floats, strings and bytes, which need no conversion). SQLite:
-        ``executemany``. PostgreSQL: ``COPY ... FROM STDIN`` for several rows (about half
-        the server's time per row of a pipelined ``executemany``: one statement, no
-        per-row parse/bind/execute), else one INSERT."""
-        if not rows:
-            return
-        if self.repo.is_pg and len(rows) >= _COPY_MIN_ROWS:
-            sql = _RAW_INSERT.get((table, columns, "copy"))
-            if sql is None:
-                sql = _RAW_INSERT[(table, columns, "copy")] = (
-                    f"COPY {table} ({', '.join(columns)}) FROM STDIN")
-            with self.conn.connection.driver_connection.cursor() as cur, \
-                    cur.copy(sql) as copy:
-                write = copy.write_row
-                for row in rows:
-                    write(row)
-            return
-        mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
-        sql = _RAW_INSERT.get((table, columns, mark))
-        if sql is None:
-            sql = _RAW_INSERT[(table, columns, mark)] = (
-                f"INSERT INTO {table} ({', '.join(columns)}) "
-                f"VALUES ({', '.join([mark] * len(columns))})")
-        self.conn.exec_driver_sql(sql, rows)
 
     def _check_version(self, res_type: str, res_id: str, current, if_match: int | None) -> None:
         if if_match is None:
