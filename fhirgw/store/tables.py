@@ -20,11 +20,23 @@ metadata = MetaData()
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias)
 PK = BigInteger().with_variant(Integer(), "sqlite")
 
+def _ctext(length: int | None = None):
+    """A string column compared in code point order on both databases: SQLite's default
+    BINARY collation, and "C" on PostgreSQL (the search engine's prefix ranges, ``LIKE`` and
+    ``ORDER BY`` then behave the same on both, and btree indexes serve prefix searches).
+    Every key column (types, ids, parameter codes) is one too: a "C" comparison is a
+    ``memcmp``, a locale's a ``strcoll`` or an ICU call, and an index row's keys are
+    compared at every B-tree level of every insert (migration 0005)."""
+    base = String(length) if length else Text()
+    return base.with_variant(String(length, collation="C") if length else Text(collation="C"),
+                             "postgresql")
+
+
 resource = Table(
     "resource", metadata,
     Column("rid", PK, primary_key=True, autoincrement=True),
-    Column("res_type", String(64), nullable=False),
-    Column("res_id", String(64), nullable=False),
+    Column("res_type", _ctext(64), nullable=False),
+    Column("res_id", _ctext(64), nullable=False),
     Column("version", Integer, nullable=False),
     Column("last_updated", BigInteger, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
@@ -37,8 +49,8 @@ resource_history = Table(
     "resource_history", metadata,
     Column("seq", PK, primary_key=True, autoincrement=True),
     Column("rid", BigInteger, nullable=False),
-    Column("res_type", String(64), nullable=False),
-    Column("res_id", String(64), nullable=False),
+    Column("res_type", _ctext(64), nullable=False),
+    Column("res_id", _ctext(64), nullable=False),
     Column("version", Integer, nullable=False),
     Column("last_updated", BigInteger, nullable=False),
     Column("method", String(8), nullable=False),
@@ -50,23 +62,14 @@ resource_history = Table(
 )
 
 
-def _ctext(length: int | None = None):
-    """A string column compared in code point order on both databases: SQLite's default
-    BINARY collation, and "C" on PostgreSQL (the search engine's prefix ranges, ``LIKE`` and
-    ``ORDER BY`` then behave the same on both, and btree indexes serve prefix searches)."""
-    base = String(length) if length else Text()
-    return base.with_variant(String(length, collation="C") if length else Text(collation="C"),
-                             "postgresql")
-
-
 def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:
     # no surrogate key: nothing addresses one index row, and on PostgreSQL a serial primary
     # key would cost a sequence call and a third btree insert per row (SQLite keeps its rowid)
     return Table(
         name, metadata,
         Column("rid", BigInteger, nullable=False),
-        Column("res_type", String(64), nullable=False),
-        Column("param", String(100), nullable=False),
+        Column("res_type", _ctext(64), nullable=False),
+        Column("param", _ctext(100), nullable=False),
         *cols,
         Index(f"ix_{name}_value", "res_type", "param", *value_index),
         Index(f"ix_{name}_rid", "rid"),
@@ -132,8 +135,8 @@ sp_quantity = _index_table(
 #: ``url`` for targets elsewhere
 sp_reference = _index_table(
     "sp_reference",
-    Column("target_type", String(64), nullable=True),
-    Column("target_id", String(64), nullable=True),
+    Column("target_type", _ctext(64), nullable=True),
+    Column("target_id", _ctext(64), nullable=True),
     Column("url", _ctext(512), nullable=True),
     value_index=("target_id", "target_type"),
 )

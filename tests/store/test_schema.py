@@ -48,3 +48,47 @@ def test_index_columns_are_the_tables_without_rid_in_order():
 
     for kind, table in INDEX_TABLES.items():
         assert [c.name for c in table.columns] == ["rid", *INDEX_COLUMNS[kind]]
+
+
+def _collations(engine) -> dict[tuple[str, str], str | None]:
+    with engine.connect() as conn:
+        return {(t, c): coll for t, c, coll in conn.exec_driver_sql(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema()").all()}
+
+
+def test_key_columns_compare_in_c_order_on_postgresql(engine):
+    """Migration 0005: every key column of the resource, history and index tables is
+    COLLATE "C" on PostgreSQL, on a new database and on one migrated from 0004."""
+    import importlib
+
+    import pytest
+
+    from fhirgw.store.db import migrate
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite compares bytes (BINARY) already")
+    m = importlib.import_module("fhirgw.store.migrations.versions.0005_c_collation_keys")
+    keys = [(t, c) for t, c, _n in m.COLUMNS]
+    assert len(keys) == 22
+    assert all(_collations(engine)[k] == "C" for k in keys)
+    # a database from before 0005: the columns in the database's default collation
+    with engine.begin() as conn:
+        for t, c, n in m.COLUMNS:
+            conn.exec_driver_sql(f'ALTER TABLE {t} ALTER COLUMN {c} TYPE varchar({n}) '
+                                 'COLLATE "default"')
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0004'")
+    assert all(_collations(engine)[k] is None for k in keys)
+    migrate(engine)
+    assert all(_collations(engine)[k] == "C" for k in keys)
+    # joins between them (a reverse chain, _include) still plan and run
+    from fhirgw.search import SearchEngine
+    from fhirgw.store.repository import Repository
+    repo = Repository(engine, SearchEngine())
+    pid = repo.run(lambda tx: tx.create("Patient", {"resourceType": "Patient"},
+                                        validated=True)).stored.res_id
+    repo.run(lambda tx: tx.create("Observation", {
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{pid}"}}, validated=True))
+    found = repo.run(lambda tx: tx.search("Patient", [("_has:Observation:subject:status",
+                                                       "final")]), write=False)
+    assert len(found) == 1
