@@ -57,16 +57,23 @@ def _collations(engine) -> dict[tuple[str, str], str | None]:
             "WHERE table_schema = current_schema()").all()}
 
 
-def test_key_columns_compare_in_c_order_on_postgresql(engine):
+def test_key_columns_compare_in_c_order_on_postgresql(pg_url):
     """Migration 0005: every key column of the resource, history and index tables is
-    COLLATE "C" on PostgreSQL, on a new database and on one migrated from 0004."""
+    COLLATE "C" on PostgreSQL, on a new database and on one migrated from 0004 (SQLite
+    compares bytes already)."""
+    from fhirgw.store.db import make_engine, migrate
+
+    engine = make_engine(pg_url)
+    try:
+        migrate(engine)
+        _check_c_collation(engine, migrate)
+    finally:
+        engine.dispose()
+
+
+def _check_c_collation(engine, migrate):
     import importlib
 
-    import pytest
-
-    from fhirgw.store.db import migrate
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite compares bytes (BINARY) already")
     m = importlib.import_module("fhirgw.store.migrations.versions.0005_c_collation_keys")
     keys = [(t, c) for t, c, _n in m.COLUMNS]
     assert len(keys) == 22
