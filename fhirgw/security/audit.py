@@ -756,6 +756,10 @@ class AuditTrail:
             return
         store_batch(self.repo, batch)
 
+    #: after a batch failed twice, its events are stored one by one; this many failures in
+    #: a row mean the database itself is failing, and the rest of the batch is lost
+    ONE_BY_ONE_GIVE_UP = 3
+
     def _write(self, batch: list[dict]) -> None:
         for attempt in (1, 2):
             try:
@@ -767,10 +771,35 @@ class AuditTrail:
                     log.warning("audit trail: writing %d audit events failed; retrying once",
                                 len(batch), exc_info=True)
                     time.sleep(self.retry_delay)
+                elif len(batch) == 1:
+                    self.lost += 1
+                    log.error("audit trail: writing an audit event failed again; it is lost "
+                              "(%d lost so far)", self.lost, exc_info=True)
                 else:
-                    self.lost += len(batch)
-                    log.error("audit trail: writing %d audit events failed again; they are "
-                              "lost (%d lost so far)", len(batch), self.lost, exc_info=True)
+                    log.warning("audit trail: writing %d audit events failed again; storing "
+                                "them one by one", len(batch), exc_info=True)
+                    self._write_one_by_one(batch)
+
+    def _write_one_by_one(self, batch: list[dict]) -> None:
+        """Each event of a failed batch in its own unit of work: one event the store cannot
+        take costs that event only, not the batch."""
+        failed_in_a_row = 0
+        for i, event in enumerate(batch):
+            try:
+                self._store([event])
+                self.written += 1
+                failed_in_a_row = 0
+            except Exception:  # noqa: BLE001
+                self.lost += 1
+                failed_in_a_row += 1
+                if failed_in_a_row >= self.ONE_BY_ONE_GIVE_UP:
+                    self.lost += len(batch) - i - 1
+                    log.error("audit trail: storing audit events one by one failed %d times in "
+                              "a row; the other %d of the batch are lost (%d lost so far)",
+                              failed_in_a_row, len(batch) - i - 1, self.lost, exc_info=True)
+                    return
+                log.error("audit trail: an audit event could not be stored; it is lost (%d "
+                          "lost so far)", self.lost, exc_info=True)
 
 
 __all__ = ["APPEND_ONLY", "AuditRule", "AuditTrail", "GATEWAY_NAME", "HANDLER_INTERACTIONS",

@@ -562,3 +562,30 @@ def test_a_trail_that_falls_behind_slows_callers_instead_of_dropping(db_url):
         gate.set()
         trail.close()
         eng.dispose()
+
+
+def test_one_bad_event_costs_only_itself(repo):
+    """A batch that fails twice is stored event by event: the good ones are kept."""
+    t = AuditTrail(repo, flush_interval=0.5, retry_delay=0.01)
+    try:
+        t.record(rest_event(STAFF, "read", 200, patient_refs={"Patient/before"}))
+        t.record({"resourceType": "AuditEvent", "recorded": object()})  # not serializable
+        t.record(rest_event(STAFF, "read", 200, patient_refs={"Patient/after"}))
+        assert t.flush(5)
+    finally:
+        t.close()
+    assert t.lost == 1 and t.written == 2
+    assert find(repo, patient="Patient/before") and find(repo, patient="Patient/after")
+
+
+def test_a_failing_database_loses_the_batch_without_trying_every_event(repo):
+    flaky = FlakyRepo(repo, failures=10_000)
+    t = AuditTrail(flaky, flush_interval=0.5, retry_delay=0.01)
+    try:
+        for i in range(50):
+            t.record(rest_event(STAFF, "read", 200))
+        assert t.flush(5)
+    finally:
+        t.close()
+    # two tries of the batch, then one by one until 3 fail in a row
+    assert t.lost == 50 and t.written == 0 and flaky.calls == 2 + AuditTrail.ONE_BY_ONE_GIVE_UP
