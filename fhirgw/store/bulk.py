@@ -7,11 +7,14 @@ spent more per row than the insert itself.
 * SQLite: the driver's ``executemany`` with one cached INSERT.
 * PostgreSQL: ``COPY ... FROM STDIN`` for several rows. The server spends about half of a
   pipelined ``executemany``'s time per row (one statement, no parse/bind/execute per row),
-  and the client a third of it.
+  and the client a third of it. Its errors come out as SQLAlchemy's (``IntegrityError``,
+  ``OperationalError``, ...), so the repository's retry on deadlock, serialization failure
+  and duplicate key applies to them as to any statement.
 """
 from __future__ import annotations
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from .tables import INDEX_COLUMNS
 
@@ -35,10 +38,15 @@ def insert_rows(conn: Connection, table: str, columns: tuple[str, ...],
         if sql is None:
             sql = _SQL[(table, columns, "copy")] = (
                 f"COPY {table} ({', '.join(columns)}) FROM STDIN")
-        with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
-            write = copy.write_row
-            for row in rows:
-                write(row)
+        dbapi = conn.dialect.loaded_dbapi
+        try:
+            with conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
+                write = copy.write_row
+                for row in rows:
+                    write(row)
+        except dbapi.Error as exc:   # as SQLAlchemy would raise it: IntegrityError, ...
+            raise DBAPIError.instance(sql, None, exc, dbapi.Error,
+                                      dialect=conn.dialect) from exc
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = _SQL.get((table, columns, mark))

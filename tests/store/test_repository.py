@@ -121,3 +121,23 @@ def test_bulk_rows_keep_awkward_values(engine):
     assert [h[1] for h in hits] == ["id5"]
     hits = repo.run(lambda tx: tx.find("Patient", [("family:exact", "back\\\\slash")]))
     assert [h[1] for h in hits] == ["id2"]
+
+
+def test_bulk_insert_errors_are_sqlalchemy_errors(engine):
+    """A duplicate key in a batched insert (COPY on PostgreSQL) raises SQLAlchemy's
+    IntegrityError, as a single INSERT does: the repository's retry logic sees it."""
+    from sqlalchemy.exc import IntegrityError
+
+    from fhirgw.search import SearchEngine
+    from fhirgw.store.bulk import insert_rows
+
+    repo = Repository(engine, SearchEngine())
+    repo.run(lambda tx: tx.create_many([("Patient", pat(), "dup"), ("Patient", pat(), "p2")]))
+    with pytest.raises(IntegrityError):
+        repo.run(lambda tx: tx.create_many([("Patient", pat(), "p3"), ("Patient", pat(), "dup")]))
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        insert_rows(conn, "sp_token", ("rid", "res_type", "param", "system", "code", "text"),
+                    [(1, "Patient", "x", None, "a", None), (None, "Patient", "x", None, "b", None)])
+    # the failed unit stored nothing
+    assert sorted(e.res_id for e in repo.run(lambda tx: tx.history("Patient")).entries) == \
+        ["dup", "p2"]
