@@ -23,6 +23,7 @@ import orjson
 
 from ..model import resources as res
 from ..model.references import rewrite_links
+from ..model.ids import new_id
 from ..model.errors import (BadRequest, FhirError, Issue, NotFound, PayloadTooLarge,
                             PreconditionFailed, TooManyMatches, operation_outcome)
 from ..security.access import authorize
@@ -290,7 +291,7 @@ class BundleProcessor:
                 if found:
                     e.matched_id = found[0][1]
                     return f"{rtype}/{found[0][1]}"
-            return f"{rtype}/{uuid.uuid4()}"
+            return f"{rtype}/{new_id()}"
         if e.method in ("PUT", "PATCH", "DELETE") and len(segs) == 1 and e.query:
             res.check_type(rtype)
             if e.method == "DELETE":
@@ -305,7 +306,7 @@ class BundleProcessor:
             if e.method == "PATCH":
                 raise NotFound(f"Conditional patch {e.url!r} matched nothing")
             body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
-            return f"{rtype}/{body_id or uuid.uuid4()}"
+            return f"{rtype}/{body_id or new_id()}"
         if e.method in ("PUT", "PATCH", "DELETE"):
             if len(segs) != 2:
                 raise BadRequest(f"{e.method} url must be [type]/[id], got {e.url!r}",

@@ -56,13 +56,13 @@ import contextvars
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable
 
 import orjson
 
 from ..model.errors import FhirError, MethodNotAllowed
+from ..model.ids import new_id
 from ..store.repository import Stored, WriteRule, instant
 from .principal import PURPOSE_SYSTEM, Principal, current
 
@@ -496,7 +496,7 @@ class AuditRule(WriteRule):
                         "(install it with install_rule after every other rule)")
         event = self.event_for(tx)
         if event is not None:
-            tx.create_many([("AuditEvent", event, str(uuid.uuid4()))])
+            tx.create_many([("AuditEvent", event, new_id())])
 
     def event_for(self, tx) -> dict | None:
         """The AuditEvent of the unit of work so far (None when it wrote only
@@ -561,7 +561,7 @@ def store_batch(repo, batch: list[dict]) -> None:
     """Store ``batch`` as AuditEvents (fresh ids) in one unit of work: the trail's writer
     thread, or its child process (``audit_writer``)."""
     repo.run(lambda tx: tx.create_many(
-        [("AuditEvent", event, str(uuid.uuid4())) for event in batch]))
+        [("AuditEvent", event, new_id()) for event in batch]))
 
 
 class AuditTrail:

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from ..model import resources as res
+from ..model.ids import new_id
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
 from .bulk import INDEX_ROW_COLUMNS, insert_rows
@@ -522,8 +522,8 @@ class Tx:
                     "the condition must identify at most one", expression="If-None-Exist")
             if found:
                 return WriteResult(self.read(res_type, found[0][1]), matched=True)
-        # a fresh uuid4 cannot collide: no lock, no lookup
-        res_id = res_id or str(uuid.uuid4())
+        # a fresh id cannot collide (model.ids): no lock, no lookup
+        res_id = res_id or new_id()
         return WriteResult(self._write(res_type, res_id, body, "POST"), created=True)
 
     def create_many(self, items: list[tuple[str, dict, str]]) -> list[WriteResult]:
