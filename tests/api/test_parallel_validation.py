@@ -156,6 +156,11 @@ CASES = {
         4: entry(patient(4, id="a"), method="PUT", url="Patient/b"), 7: entry(UNKNOWN)},
     "a resource type the url does not name": {7: entry(patient(7), url="Observation")},
     "an integer beyond 64 bits (validated inline)": {7: entry(BIG_INT)},
+    "an exponent decimal in entry 3, entry 7 invalid": {
+        3: entry(patient(3, extension=[{"url": "http://example.org/x", "valueDecimal": 1e-07}])),
+        7: entry(UNKNOWN)},
+    "a decimal that is not a number in entry 7": {
+        7: entry(patient(7, extension=[{"url": "http://example.org/x", "valueDecimal": "abc"}]))},
     "an invalid resource in a large Bundle": {60: entry(WRONG_TYPE)},
 }
 
