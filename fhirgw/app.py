@@ -121,9 +121,10 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     checkpointer = WalCheckpointer(engine)   # SQLite: WAL checkpoints off the request path
     run_with_app(app, start=checkpointer.start, stop=checkpointer.stop)
     # the R4B base validation of large transactions in worker processes (validation/
-    # parallel.py), started on first use, stopped with the app
+    # parallel.py), started on first use (or with the app: ``serve``), stopped with the app
     pool = ValidationPool(settings.validation_workers, settings.parallel_validation_min)
     router.validation_pool = pool
     app.state.validation_pool = pool
-    run_with_app(app, stop=pool.close)
+    run_with_app(app, start=pool.start if settings.validation_prestart else None,
+                 stop=pool.close)
     return app

@@ -47,6 +47,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="address to bind"),
     if workers > 1:
         # N server processes already use N cores: no validation worker beside each
         os.environ.setdefault("FHIRGW_VALIDATION_WORKERS", "0")
+    # a server: its validation worker starts with it, not with the first large transaction
+    os.environ.setdefault("FHIRGW_VALIDATION_PRESTART", "1")
     # migrate once here, so N workers do not race to create the schema
     from .config import Settings
     from .store.db import make_engine, migrate

@@ -36,6 +36,10 @@ class Settings:
     #: two or more CPUs, else 0
     validation_workers: int = field(default_factory=lambda: _env_int(
         "FHIRGW_VALIDATION_WORKERS", 1 if (os.cpu_count() or 1) >= 2 else 0))
+    #: start those workers with the app instead of on the first large transaction (which
+    #: then validates inline while they start, a second or two); ``fhirgw serve`` sets it
+    validation_prestart: bool = field(default_factory=lambda: os.environ.get(
+        "FHIRGW_VALIDATION_PRESTART", "").strip().lower() in ("1", "true", "yes", "on"))
     #: fewest POST/PUT entries a transaction needs to validate in the workers (smaller ones
     #: validate inline: the hand-off would cost more than it saves)
     parallel_validation_min: int = field(default_factory=lambda: _env_int(

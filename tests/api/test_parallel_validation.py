@@ -400,3 +400,31 @@ def test_what_the_workers_cannot_answer_is_validated_inline():
     assert _pending(p, (8, "invalid", _error_data(inline)), originals).first_error(upto=7) \
         is None
     assert p.fallbacks == 2
+
+
+@pytest.mark.parametrize("prestart", [True, False])
+def test_prestart_starts_the_worker_with_the_app(tmp_path, prestart):
+    """``fhirgw serve`` (FHIRGW_VALIDATION_PRESTART) starts the worker with the app, so the
+    first large transaction does not validate inline; otherwise it waits for first use."""
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'p.db'}",
+                              validation_workers=1, validation_prestart=prestart))
+    pool = app.state.validation_pool
+    with TestClient(app, base_url="http://testserver"):
+        deadline = time.monotonic() + (120 if prestart else 1.0)
+        while not pool.ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.ready() is prestart
+    assert not pool.ready()   # stopped with the app
+    app.state.router.repo.engine.dispose()
+
+
+def test_serve_turns_prestart_on(monkeypatch, tmp_path):
+    import fhirgw.cli as cli
+
+    for name in ("FHIRGW_VALIDATION_PRESTART", "FHIRGW_DATABASE_URL", "FHIRGW_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)   # serve sets them; restored afterwards
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: None)
+    cli.serve(host="127.0.0.1", port=8000, database=f"sqlite:///{tmp_path / 'serve.db'}",
+              workers=1, config=None, log_level="warning")
+    assert os.environ["FHIRGW_VALIDATION_PRESTART"] == "1"
+    assert Settings().validation_prestart
