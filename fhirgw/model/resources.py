@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from .errors import BadRequest, InvalidResource, Issue
+from .jsontypes import check_json_types
 
 _DATA = os.path.join(os.path.dirname(__file__), "data", "resource_types.json")
 with open(_DATA, "rb") as _f:
@@ -187,6 +188,8 @@ def validate(resource: Any, expected_type: str | None = None) -> dict:
         name = str(exc.args[0] if exc.args else exc).removeprefix("R4.").removesuffix("Type")
         raise InvalidResource(f"{rtype}: a contained or nested resource has the unknown type "
                               f"{name!r}", expression=f"{rtype}.contained") from None
+    # the models convert "yes", 1 or "1.50" into booleans and numbers; FHIR JSON does not
+    check_json_types(resource, rtype)
     return resource
 
 

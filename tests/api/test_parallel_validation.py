@@ -159,6 +159,11 @@ CASES = {
     "an exponent decimal in entry 3, entry 7 invalid": {
         3: entry(patient(3, extension=[{"url": "http://example.org/x", "valueDecimal": 1e-07}])),
         7: entry(UNKNOWN)},
+    "a boolean written as text in entry 7 (the models accept it, FHIR JSON does not)": {
+        7: entry(patient(7, active="yes"))},
+    "a decimal written as text in entry 5, entry 7 invalid": {
+        5: entry(patient(5, extension=[{"url": "http://example.org/x", "valueDecimal": "1.50"}])),
+        7: entry(UNKNOWN)},
     "a decimal that is not a number in entry 7": {
         7: entry(patient(7, extension=[{"url": "http://example.org/x", "valueDecimal": "abc"}]))},
     "an invalid resource in a large Bundle": {60: entry(WRONG_TYPE)},
@@ -421,8 +426,9 @@ def test_prestart_starts_the_worker_with_the_app(tmp_path, prestart):
 def test_serve_turns_prestart_on(monkeypatch, tmp_path):
     import fhirgw.cli as cli
 
-    for name in ("FHIRGW_VALIDATION_PRESTART", "FHIRGW_DATABASE_URL", "FHIRGW_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)   # serve sets them; restored afterwards
+    # serve sets FHIRGW_* variables: it gets a copy of the environment, dropped afterwards
+    env = {k: v for k, v in os.environ.items() if k != "FHIRGW_VALIDATION_PRESTART"}
+    monkeypatch.setattr(os, "environ", env)
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: None)
     cli.serve(host="127.0.0.1", port=8000, database=f"sqlite:///{tmp_path / 'serve.db'}",
               workers=1, config=None, log_level="warning")

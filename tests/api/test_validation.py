@@ -3,6 +3,7 @@ import copy
 import json
 import pathlib
 
+import pytest
 from fastapi.testclient import TestClient
 
 from fhirgw.app import create_app
@@ -115,3 +116,51 @@ def test_required_profiles_per_type(db_url):
         assert c.post("/fhir/Organization", json={"resourceType": "Organization", "name": "x"},
                       headers=FJ).status_code == 201
     app.state.router.repo.engine.dispose()
+
+
+@pytest.mark.parametrize("body, where, what", [
+    ({"resourceType": "Patient", "active": "yes"}, "Patient.active", "boolean"),
+    ({"resourceType": "Patient", "active": 1}, "Patient.active", "boolean"),
+    ({"resourceType": "Patient", "multipleBirthInteger": "3"}, "Patient.multipleBirthInteger",
+     "integer"),
+    ({"resourceType": "Patient", "multipleBirthInteger": 3.0}, "Patient.multipleBirthInteger",
+     "integer"),
+    ({"resourceType": "Patient", "deceasedDateTime": 1700000000}, "Patient.deceasedDateTime",
+     "string"),
+    ({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+      "valueQuantity": {"value": "72.50", "unit": "kg"}}, "Observation.valueQuantity.value",
+     "number"),
+    ({"resourceType": "Patient", "maritalStatus": {"coding": [{"code": "M",
+                                                               "userSelected": "true"}]}},
+     "Patient.maritalStatus.coding[0].userSelected", "boolean"),
+    ({"resourceType": "Patient", "contained": [{"resourceType": "Practitioner", "active": 0}]},
+     "Patient.contained[0].active", "boolean"),
+])
+def test_primitives_must_have_their_json_type(client, body, where, what):
+    """fhir.resources converts "yes", 1, "3" and "72.50" into booleans and numbers; FHIR
+    JSON does not, and the gateway stores what it receives: refused, nothing stored."""
+    rtype = body["resourceType"]
+    r = client.post(f"/fhir/{rtype}", json=body)
+    assert r.status_code == 400, r.text
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == [where] and f"a JSON {what}" in issue["diagnostics"]
+    r = client.put(f"/fhir/{rtype}/typed", json={**body, "id": "typed"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == [where]
+    r = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "active": True},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": body, "request": {"method": "POST", "url": rtype}}]})
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == [where.replace(rtype, "Bundle.entry[1].resource", 1)]
+    assert client.get(f"/fhir/{rtype}", params={"_summary": "count"}).json()["total"] == 0
+    assert client.get("/fhir/Patient", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_numbers_and_booleans_as_json_types_are_fine(client):
+    body = {"resourceType": "Patient", "active": False, "multipleBirthInteger": 2,
+            "extension": [{"url": "http://example.org/x", "valueDecimal": 1.50},
+                          {"url": "http://example.org/y", "valueDecimal": 3}]}
+    r = client.post("/fhir/Patient", content=json.dumps(body).replace("1.5", "1.50"),
+                    headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201, r.text
+    assert b'"valueDecimal":1.50' in client.get(f"/fhir/Patient/{r.json()['id']}").content

@@ -1,0 +1,219 @@
+"""JSON types of FHIR primitives, checked after the R4B models have accepted a resource.
+
+fhir.resources validates with pydantic in lax mode: it accepts ``"active": "yes"`` or
+``1`` for a boolean, ``"3"`` for an integer and ``"1.50"`` for a decimal, and converts
+them. The gateway stores the JSON it received, so those would be stored and served as they
+came: not FHIR JSON, which writes booleans as ``true``/``false``, integers and decimals as
+numbers, and every other primitive as a string (FHIR R4 json.html). This module checks
+exactly that, from the models' own field types:
+
+* boolean elements: a JSON ``true``/``false``;
+* integer, positiveInt, unsignedInt: a JSON number without a fraction or exponent;
+* decimal: a JSON number;
+* dateTime, instant and time: a JSON string (the models also take a number, as a Unix
+  time); the other string primitives (string, code, uri, date, base64Binary, ...) the
+  models already take as JSON strings only.
+
+The per-model tables are built once per type from the R4B model fields and keep only the
+elements worth a look (and the complex elements that lead to one); a check walks the
+resource once and computes the element's path only when it finds a mismatch.
+"""
+from __future__ import annotations
+
+import datetime
+import decimal
+import typing
+from typing import Any
+
+from .errors import InvalidResource
+
+_BOOL, _INT, _NUM, _STR, _MODEL, _RESOURCE = range(6)
+_WHAT = {_BOOL: "a JSON boolean (true or false)",
+         _INT: "a JSON integer (a number without fraction or exponent)",
+         _NUM: "a JSON number", _STR: "a JSON string"}
+#: the string primitives the models also take as a number (a dateTime, instant or time
+#: given as 1700000000); strings, codes, uris, dates and base64Binary they take as strings only
+_LAX_STRINGS = (datetime.datetime, datetime.time)
+#: model class -> {JSON key: (classes a primitive may have or None, kind, model class or None)},
+#: only the keys worth a look
+_SCHEMAS: dict[type, dict[str, tuple[int, Any]]] = {}
+#: model class -> whether it or a model below it has a field checked here
+_NEEDS: dict[type, bool] = {}
+
+
+def _kind(annotation: Any) -> tuple[int, Any] | None:
+    """(kind, model) of a field's annotation; None when it is not one of the above."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None   # e.g. fhir_comments: str or list of str
+            annotation = args[0]
+        elif origin in (list, typing.List):
+            annotation = typing.get_args(annotation)[0]
+        elif origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        else:
+            break
+    if annotation is bool:
+        return _BOOL, None
+    if annotation is int:
+        return _INT, None
+    if annotation in (decimal.Decimal, float):
+        return _NUM, None
+    if annotation in _LAX_STRINGS:
+        return _STR, None
+    if hasattr(annotation, "get_model_klass"):
+        if annotation.__name__ == "ResourceType":   # contained / Bundle.entry.resource
+            return _RESOURCE, None
+        model = annotation.get_model_klass()
+        return (_MODEL, model) if _needs_check(model) else None
+    return None   # strings, codes, uris, dates, base64: the models take a JSON string only
+
+
+def _needs_check(model: type, _seen: set | None = None) -> bool:
+    """Whether ``model`` (or one of the models below it) has a field to check here."""
+    found = _NEEDS.get(model)
+    if found is not None:
+        return found
+    seen = _seen if _seen is not None else set()
+    if model in seen:   # a cycle adds no field of its own
+        return False
+    seen.add(model)
+    found = False
+    for field in model.model_fields.values():
+        kind = _base_kind(field.annotation)
+        if kind is True or (kind is not None and _needs_check(kind, seen)):
+            found = True
+            break
+    if _seen is None or found:
+        _NEEDS[model] = found
+    return found
+
+
+def _base_kind(annotation: Any):
+    """True for a field checked here, a model class to look into, None otherwise."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return None
+            annotation = args[0]
+        elif origin in (list, typing.List, typing.Annotated):
+            annotation = typing.get_args(annotation)[0]
+        else:
+            break
+    if annotation in (bool, int, decimal.Decimal, float) or annotation in _LAX_STRINGS:
+        return True
+    if hasattr(annotation, "get_model_klass"):
+        return True if annotation.__name__ == "ResourceType" else annotation.get_model_klass()
+    return None
+
+
+def _schema(model: type) -> dict[str, tuple[int, Any]]:
+    schema = _SCHEMAS.get(model)
+    if schema is None:
+        schema = {}
+        for name, field in model.model_fields.items():
+            kind = _kind(field.annotation)
+            if kind is not None:
+                schema[field.alias or name] = (_CLASSES.get(kind[0]), *kind)
+        _SCHEMAS[model] = schema
+    return schema
+
+
+#: the Python classes orjson gives for each primitive kind (a decimal parsed losslessly is a
+#: float subclass, ``resources.RawDecimal``)
+_CLASSES = {_STR: frozenset({str}), _BOOL: frozenset({bool}), _INT: frozenset({int}),
+            _NUM: frozenset({int, float})}
+
+
+def _ok(value: Any, kind: int, model: Any) -> bool:
+    cls = value.__class__
+    allowed = _CLASSES.get(kind)
+    if allowed is not None:
+        return cls in allowed or (kind == _NUM and cls is not bool and isinstance(value, float))
+    if cls is not dict:
+        return True   # not ours to judge: the model accepted it
+    if kind == _MODEL:
+        return _all_ok(value, _schema(model))
+    return _resource_ok(value)
+
+
+def _resource_ok(node: dict) -> bool:
+    from .resources import SUPPORTED, model_class
+
+    rtype = node.get("resourceType")
+    if rtype not in SUPPORTED:
+        return True
+    return _all_ok(node, _schema(model_class(rtype)))
+
+
+def _all_ok(node: dict, schema: dict) -> bool:
+    return _first_bad(node, schema) is None
+
+
+def _first_bad(node: dict, schema: dict) -> str | None:
+    """The key of ``node`` holding the first mismatch in the node's order (None: all
+    good): the error names the same element in every process."""
+    for key, value in node.items():
+        spec = schema.get(key)
+        if spec is None or value is None:
+            continue
+        allowed, kind, model = spec
+        if value.__class__ is list:
+            for item in value:
+                if item is None:
+                    continue
+                if allowed is not None:
+                    if item.__class__ not in allowed and not _ok(item, kind, model):
+                        return key
+                elif not _ok(item, kind, model):
+                    return key
+        elif allowed is not None:
+            if value.__class__ not in allowed and not _ok(value, kind, model):
+                return key
+        elif not _ok(value, kind, model):
+            return key
+    return None
+
+
+def _path(node: dict, schema: dict, path: str) -> tuple[str, int]:
+    """The path of the first mismatch below ``node`` and the kind expected there."""
+    key = _first_bad(node, schema)
+    _allowed, kind, model = schema[key]
+    value = node[key]
+    items = list(enumerate(value)) if value.__class__ is list else [(None, value)]
+    for i, item in items:
+        if item is None or _ok(item, kind, model):
+            continue
+        here = f"{path}.{key}" if i is None else f"{path}.{key}[{i}]"
+        if item.__class__ is dict and kind in (_MODEL, _RESOURCE):
+            if kind == _RESOURCE:
+                from .resources import model_class
+                return _path(item, _schema(model_class(item["resourceType"])), here)
+            return _path(item, _schema(model), here)
+        return here, kind
+    raise AssertionError("no mismatch found")  # pragma: no cover
+
+
+def check_json_types(resource: dict, resource_type: str) -> None:
+    """Raise InvalidResource (400, with the element's path) when a primitive of
+    ``resource`` (which the R4B model of ``resource_type`` accepted) has the wrong JSON type.
+
+    >>> check_json_types({"resourceType": "Patient", "active": True}, "Patient")
+    >>> check_json_types({"resourceType": "Patient", "telecom": [{"rank": 1}, {"rank": "2"}]},
+    ...                  "Patient")
+    Traceback (most recent call last):
+    ...
+    fhirgw.model.errors.InvalidResource: Patient.telecom[1].rank: must be a JSON integer (a number without fraction or exponent)
+    """
+    from .resources import model_class
+
+    schema = _schema(model_class(resource_type))
+    if _all_ok(resource, schema):
+        return
+    where, kind = _path(resource, schema, resource_type)
+    raise InvalidResource(f"{where}: must be {_WHAT[kind]}", expression=where, code="structure")
