@@ -455,15 +455,21 @@ class FlakyRepo:
         return self.repo.run(fn, write)
 
 
-def test_failed_batch_is_retried_once(repo):
-    flaky = FlakyRepo(repo, failures=1)
-    t = AuditTrail(flaky, flush_interval=0.05, retry_delay=0.01)
+def _reads_through(repo_like, n: int, flush_interval: float = 0.05) -> AuditTrail:
+    """A trail over ``repo_like`` that recorded ``n`` read events, flushed and closed."""
+    t = AuditTrail(repo_like, flush_interval=flush_interval, retry_delay=0.01)
     try:
-        for _ in range(3):
+        for _ in range(n):
             t.record(rest_event(STAFF, "read", 200))
         assert t.flush(5)
     finally:
         t.close()
+    return t
+
+
+def test_failed_batch_is_retried_once(repo):
+    flaky = FlakyRepo(repo, failures=1)
+    t = _reads_through(flaky, 3)
     assert flaky.calls == 2 and t.written == 3 and t.lost == 0
     assert len(audit_events(repo)) == 3
 
@@ -580,12 +586,6 @@ def test_one_bad_event_costs_only_itself(repo):
 
 def test_a_failing_database_loses_the_batch_without_trying_every_event(repo):
     flaky = FlakyRepo(repo, failures=10_000)
-    t = AuditTrail(flaky, flush_interval=0.5, retry_delay=0.01)
-    try:
-        for i in range(50):
-            t.record(rest_event(STAFF, "read", 200))
-        assert t.flush(5)
-    finally:
-        t.close()
+    t = _reads_through(flaky, 50, flush_interval=0.5)
     # two tries of the batch, then one by one until 3 fail in a row
     assert t.lost == 50 and t.written == 0 and flaky.calls == 2 + AuditTrail.ONE_BY_ONE_GIVE_UP
