@@ -17,10 +17,13 @@ def _root() -> None:
 
 
 def _factory():
+    from .api.lifespan import run_with_app, tune_gc
     from .app import create_app
     from .config import Settings
 
-    return create_app(Settings())
+    app = create_app(Settings())
+    run_with_app(app, start=tune_gc)   # this process is a server: tune its collector
+    return app
 
 
 @app.command()

@@ -421,16 +421,3 @@ def test_prestart_starts_the_worker_with_the_app(tmp_path, prestart):
         assert pool.ready() is prestart
     assert not pool.ready()   # stopped with the app
     app.state.router.repo.engine.dispose()
-
-
-def test_serve_turns_prestart_on(monkeypatch, tmp_path):
-    import fhirgw.cli as cli
-
-    # serve sets FHIRGW_* variables: it gets a copy of the environment, dropped afterwards
-    env = {k: v for k, v in os.environ.items() if k != "FHIRGW_VALIDATION_PRESTART"}
-    monkeypatch.setattr(os, "environ", env)
-    monkeypatch.setattr("uvicorn.run", lambda *a, **k: None)
-    cli.serve(host="127.0.0.1", port=8000, database=f"sqlite:///{tmp_path / 'serve.db'}",
-              workers=1, config=None, log_level="warning")
-    assert os.environ["FHIRGW_VALIDATION_PRESTART"] == "1"
-    assert Settings().validation_prestart
