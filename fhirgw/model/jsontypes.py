@@ -36,40 +36,44 @@ _WHAT = {_BOOL: "a JSON boolean (true or false)",
 _LAX_STRINGS = (datetime.datetime, datetime.time)
 #: model class -> {JSON key: (classes a primitive may have or None, kind, model class or None)},
 #: only the keys worth a look
-_SCHEMAS: dict[type, dict[str, tuple[int, Any]]] = {}
+_SCHEMAS: dict[type, dict[str, tuple[Any, int, Any]]] = {}
 #: model class -> whether it or a model below it has a field checked here
 _NEEDS: dict[type, bool] = {}
 
 
-def _kind(annotation: Any) -> tuple[int, Any] | None:
-    """(kind, model) of a field's annotation; None when it is not one of the above."""
+def _unwrap(annotation: Any) -> Any:
+    """The type under ``Optional``, ``List`` and ``Annotated`` (None for a union of
+    several types, e.g. ``fhir_comments``: str or list of str)."""
     while True:
         origin = typing.get_origin(annotation)
         if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
             args = [a for a in typing.get_args(annotation) if a is not type(None)]
             if len(args) != 1:
-                return None   # e.g. fhir_comments: str or list of str
+                return None
             annotation = args[0]
-        elif origin in (list, typing.List):
-            annotation = typing.get_args(annotation)[0]
-        elif origin is typing.Annotated:
+        elif origin in (list, typing.List, typing.Annotated):
             annotation = typing.get_args(annotation)[0]
         else:
-            break
-    if annotation is bool:
+            return annotation
+
+
+def _classify(annotation: Any) -> tuple[int, Any] | None:
+    """(kind, model) of a field's annotation; None for a field not checked here (strings,
+    codes, uris, dates, base64: the models take a JSON string only)."""
+    base = _unwrap(annotation)
+    if base is bool:
         return _BOOL, None
-    if annotation is int:
+    if base is int:
         return _INT, None
-    if annotation in (decimal.Decimal, float):
+    if base in (decimal.Decimal, float):
         return _NUM, None
-    if annotation in _LAX_STRINGS:
+    if base in _LAX_STRINGS:
         return _STR, None
-    if hasattr(annotation, "get_model_klass"):
-        if annotation.__name__ == "ResourceType":   # contained / Bundle.entry.resource
+    if hasattr(base, "get_model_klass"):
+        if base.__name__ == "ResourceType":   # contained / Bundle.entry.resource
             return _RESOURCE, None
-        model = annotation.get_model_klass()
-        return (_MODEL, model) if _needs_check(model) else None
-    return None   # strings, codes, uris, dates, base64: the models take a JSON string only
+        return _MODEL, base.get_model_klass()
+    return None
 
 
 def _needs_check(model: type, _seen: set | None = None) -> bool:
@@ -83,8 +87,8 @@ def _needs_check(model: type, _seen: set | None = None) -> bool:
     seen.add(model)
     found = False
     for field in model.model_fields.values():
-        kind = _base_kind(field.annotation)
-        if kind is True or (kind is not None and _needs_check(kind, seen)):
+        kind = _classify(field.annotation)
+        if kind is not None and (kind[0] != _MODEL or _needs_check(kind[1], seen)):
             found = True
             break
     if _seen is None or found:
@@ -92,33 +96,13 @@ def _needs_check(model: type, _seen: set | None = None) -> bool:
     return found
 
 
-def _base_kind(annotation: Any):
-    """True for a field checked here, a model class to look into, None otherwise."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return None
-            annotation = args[0]
-        elif origin in (list, typing.List, typing.Annotated):
-            annotation = typing.get_args(annotation)[0]
-        else:
-            break
-    if annotation in (bool, int, decimal.Decimal, float) or annotation in _LAX_STRINGS:
-        return True
-    if hasattr(annotation, "get_model_klass"):
-        return True if annotation.__name__ == "ResourceType" else annotation.get_model_klass()
-    return None
-
-
-def _schema(model: type) -> dict[str, tuple[int, Any]]:
+def _schema(model: type) -> dict[str, tuple[Any, int, Any]]:
     schema = _SCHEMAS.get(model)
     if schema is None:
         schema = {}
         for name, field in model.model_fields.items():
-            kind = _kind(field.annotation)
-            if kind is not None:
+            kind = _classify(field.annotation)
+            if kind is not None and (kind[0] != _MODEL or _needs_check(kind[1])):
                 schema[field.alias or name] = (_CLASSES.get(kind[0]), *kind)
         _SCHEMAS[model] = schema
     return schema
@@ -163,20 +147,11 @@ def _first_bad(node: dict, schema: dict) -> str | None:
         if spec is None or value is None:
             continue
         allowed, kind, model = spec
-        if value.__class__ is list:
-            for item in value:
-                if item is None:
-                    continue
-                if allowed is not None:
-                    if item.__class__ not in allowed and not _ok(item, kind, model):
-                        return key
-                elif not _ok(item, kind, model):
-                    return key
-        elif allowed is not None:
-            if value.__class__ not in allowed and not _ok(value, kind, model):
+        # a primitive of an allowed class needs no call (most of them)
+        for item in value if value.__class__ is list else (value,):
+            if item is not None and (allowed is None or item.__class__ not in allowed) \
+                    and not _ok(item, kind, model):
                 return key
-        elif not _ok(value, kind, model):
-            return key
     return None
 
 
