@@ -10,6 +10,16 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    """1/true/yes/on or 0/false/no/off (any case); unset, empty or anything else: default."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return default
+
+
 @dataclass
 class Settings:
     #: SQLAlchemy URL: ``sqlite:///./fhirgw.db`` (default) or ``postgresql+psycopg://...``
@@ -38,8 +48,8 @@ class Settings:
         "FHIRGW_VALIDATION_WORKERS", 1 if (os.cpu_count() or 1) >= 2 else 0))
     #: start those workers with the app instead of on the first large transaction (which
     #: then validates inline while they start, a second or two); ``fhirgw serve`` sets it
-    validation_prestart: bool = field(default_factory=lambda: os.environ.get(
-        "FHIRGW_VALIDATION_PRESTART", "").strip().lower() in ("1", "true", "yes", "on"))
+    validation_prestart: bool = field(default_factory=lambda: _env_bool(
+        "FHIRGW_VALIDATION_PRESTART", False))
     #: fewest POST/PUT entries a transaction needs to validate in the workers (smaller ones
     #: validate inline: the hand-off would cost more than it saves)
     parallel_validation_min: int = field(default_factory=lambda: _env_int(
@@ -72,5 +82,4 @@ class Settings:
     poll_interval: float = field(default_factory=lambda: max(1.0, float(
         os.environ.get("FHIRGW_POLL_INTERVAL") or 60)))
     #: run the delivery/poll worker inside ``fhirgw serve``
-    worker: bool = field(default_factory=lambda: os.environ.get(
-        "FHIRGW_WORKER", "1").strip().lower() not in ("0", "false", "no", "off"))
+    worker: bool = field(default_factory=lambda: _env_bool("FHIRGW_WORKER", True))

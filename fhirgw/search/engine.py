@@ -85,7 +85,7 @@ class SearchEngine:
         so a caller can commit per batch and report progress."""
         from sqlalchemy import delete
 
-        from ..store.bulk import INDEX_ROW_COLUMNS, insert_rows
+        from ..store.bulk import INDEX_ROW_COLUMNS, add_index_rows, insert_rows
         from ..store.tables import INDEX_TABLES
         stmt = (select(resource.c.rid, resource.c.res_type, resource.c.body)
                 .where(resource.c.deleted == false(), resource.c.rid > after_rid)
@@ -98,12 +98,8 @@ class SearchEngine:
         rids = [r.rid for r in chunk]
         out: dict[str, list[tuple]] = {}
         for r in chunk:
-            if r.body is None:
-                continue
-            rid = (r.rid,)
-            for kind, kr in self.index_tuples(r.res_type, loads(r.body)).items():
-                if kr:
-                    out.setdefault(kind, []).extend([row + rid for row in kr])
+            if r.body is not None:
+                add_index_rows(out, r.rid, self.index_tuples(r.res_type, loads(r.body)))
         for kind, table in INDEX_TABLES.items():
             conn.execute(delete(table).where(table.c.rid.in_(rids)))
             insert_rows(conn, table.name, INDEX_ROW_COLUMNS[kind], out.get(kind, []))

@@ -21,6 +21,16 @@ from .tables import INDEX_COLUMNS
 #: the columns of an index row as the store writes it: ``INDEX_COLUMNS``, then ``rid``
 INDEX_ROW_COLUMNS: dict[str, tuple[str, ...]] = {
     kind: cols + ("rid",) for kind, cols in INDEX_COLUMNS.items()}
+def add_index_rows(out: dict[str, list[tuple]], rid: int,
+                   rows_by_kind: dict[str, list[tuple]]) -> None:
+    """Append one resource's index rows (``SearchEngine.index_tuples``) to ``out`` per
+    kind, with its ``rid`` last, as ``INDEX_ROW_COLUMNS`` orders them."""
+    key = (rid,)
+    for kind, rows in rows_by_kind.items():
+        if rows:
+            out.setdefault(kind, []).extend([row + key for row in rows])
+
+
 #: PostgreSQL: from this many rows on, ``insert_rows`` uses COPY instead of INSERT
 COPY_MIN_ROWS = 2
 #: (table, columns, placeholder or "copy") -> the statement

@@ -33,7 +33,7 @@ from ..model import resources as res
 from ..model.ids import new_id
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
-from .bulk import INDEX_ROW_COLUMNS, insert_rows
+from .bulk import INDEX_ROW_COLUMNS, add_index_rows, insert_rows
 from .fastread import FastReader
 from .tables import INDEX_TABLES, resource, resource_history
 
@@ -463,12 +463,8 @@ class Tx:
         index: dict[str, list[tuple]] = {}
         extract = self.repo.search_engine.index_tuples
         for p in pending:
-            if p.body is None:
-                continue
-            rid = (p.rid,)
-            for kind, rows in extract(p.res_type, p.body).items():
-                if rows:
-                    index.setdefault(kind, []).extend([row + rid for row in rows])
+            if p.body is not None:
+                add_index_rows(index, p.rid, extract(p.res_type, p.body))
         for kind, rows in index.items():
             insert_rows(self.conn, INDEX_TABLES[kind].name, INDEX_ROW_COLUMNS[kind], rows)
         out = []

@@ -20,6 +20,7 @@ metadata = MetaData()
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias)
 PK = BigInteger().with_variant(Integer(), "sqlite")
 
+
 def _ctext(length: int | None = None):
     """A string column compared in code point order on both databases: SQLite's default
     BINARY collation, and "C" on PostgreSQL (the search engine's prefix ranges, ``LIKE`` and

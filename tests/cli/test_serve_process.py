@@ -44,3 +44,14 @@ def test_serve_tunes_the_collector_of_its_process(monkeypatch, tmp_path):
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_boolean_settings_read_the_usual_words(monkeypatch):
+    for value, prestart, worker in [("1", True, True), ("on", True, True), ("YES", True, True),
+                                    ("0", False, False), ("off", False, False),
+                                    ("False", False, False), ("", False, True),
+                                    ("maybe", False, True)]:
+        monkeypatch.setenv("FHIRGW_VALIDATION_PRESTART", value)
+        monkeypatch.setenv("FHIRGW_WORKER", value)
+        s = Settings()
+        assert (s.validation_prestart, s.worker) == (prestart, worker), value

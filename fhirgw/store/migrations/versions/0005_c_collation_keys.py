@@ -4,10 +4,11 @@
 that every write inserts into (about 15 entries per resource). Under the database's locale
 each comparison is a ``strcoll`` (or an ICU call); under "C" it is a ``memcmp``. Measured
 with COPY into a reference index table of 100k rows: 30 µs per row under an ICU ``en-US``
-collation, 20 under "C"; a ``C.UTF-8`` database is close to "C" already. Equality is unchanged (both are
-deterministic); ``_sort=_id`` now orders by code point, as on SQLite. Joins stay within
-these columns, so no comparison mixes collations. The indexes on these columns are rebuilt,
-which takes a while on a large database. SQLite compares bytes already: nothing to do.
+collation, 20 under "C"; a ``C.UTF-8`` database is close to "C" already. Equality is
+unchanged (both are deterministic); ``_sort=_id`` now orders by code point, as on SQLite.
+Joins stay within these columns, so no comparison mixes collations. The indexes on these
+columns are rebuilt, which takes a while on a large database. SQLite compares bytes
+already: nothing to do.
 
 Revision ID: 0005
 Revises: 0004
