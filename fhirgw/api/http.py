@@ -77,8 +77,7 @@ def install(app: FastAPI, router: Router, auth) -> None:
                 if router.audit is not None:
                     ref = f"{target[0]}/{target[1]}"
                     event = rest_event(principal, "read", fast.status, resource_refs=(ref,),
-                                       patient_refs=(ref,) if target[0] == "Patient"
-                                       else patients_of(fast.stored.body))
+                                       patient_refs=patients_of(fast.stored.body, ref))
                     if router.audit.congested:  # it would wait: not on the event loop
                         await anyio.to_thread.run_sync(router.audit.record, event)
                     else:

@@ -585,8 +585,8 @@ def _interaction(name: str, req: RestRequest) -> str:
 def _concerned(shown) -> tuple[list[str], list[str]]:
     """The ``Type/id`` of each (type, id, body) shown, and the patients they concern."""
     patients: set[str] = set()
-    for _t, _i, body in shown:
-        patients |= patients_of(body)
+    for t, i, body in shown:
+        patients |= patients_of(body, f"{t}/{i}")
     return [f"{t}/{i}" for t, i, _b in shown], sorted(patients)
 
 

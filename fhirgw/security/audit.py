@@ -180,7 +180,7 @@ def _patient_ref(value) -> str | None:
     return None
 
 
-def patients_of(body: dict | bytes | str | None) -> set[str]:
+def patients_of(body: dict | bytes | str | None, ref: str | None = None) -> set[str]:
     """The Patients a resource concerns, as ``Patient/x``.
 
     The resource itself when it is a Patient; else the local Patient references of its
@@ -188,14 +188,19 @@ def patients_of(body: dict | bytes | str | None) -> set[str]:
     ``candidate`` and ``actor`` (single or repeated) and of ``Appointment.participant.actor``;
     for a Bundle (document, message, search result) those of its entries. Absolute and
     ``urn:uuid:`` references are not local and not counted. Accepts the parsed resource or
-    its JSON bytes.
+    its JSON bytes. ``ref``: the stored resource's ``Type/id``, when the caller knows it (a
+    stored Patient then needs no parse).
 
     >>> sorted(patients_of({"resourceType": "Observation",
     ...                     "subject": {"reference": "Patient/p1/_history/2"}}))
     ['Patient/p1']
     >>> patients_of({"resourceType": "Patient", "id": "p2"})
     {'Patient/p2'}
+    >>> patients_of(b'{"resourceType": "Patient", "id": "p3"}', ref="Patient/p3")
+    {'Patient/p3'}
     """
+    if ref is not None and ref.startswith("Patient/"):
+        return {ref}
     if body is None:
         return set()
     if not isinstance(body, dict):
