@@ -50,3 +50,27 @@ def test_a_forked_child_draws_its_own_prefix():
     child = os.read(r, 64).decode()
     os.close(r)
     assert child[:13] != new_id()[:13]
+
+
+def test_random_bits_are_not_shared_with_a_forked_child():
+    new_id()   # the parent has buffered random bytes
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, ",".join(new_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    child = os.read(r, 1 << 16).decode().split(",")
+    os.close(r)
+    low = (1 << 34) - 1
+    mine = {int(i.replace("-", ""), 16) & low for i in (new_id() for _ in range(50))}
+    assert not mine & {int(i.replace("-", ""), 16) & low for i in child}
+
+
+def test_random_bits_cover_several_buffer_refills():
+    from fhirgw.model import ids
+    n = 3 * ids._RANDOM_BLOCK // 5
+    lows = [int(i.replace("-", ""), 16) & ((1 << 34) - 1) for i in (new_id() for _ in range(n))]
+    assert len(set(lows)) > n - 5
+    assert max(lows) > (1 << 33)   # the high bit of the 34 is in use
