@@ -217,7 +217,7 @@ class BundleProcessor:
                 raise
 
     def _unit(self, req, tx: Tx, entries: list[Entry]) -> bytes:
-        for e in entries:  # _rewrite builds new structures; the parsed entries stay as sent
+        for e in entries:  # _rewrite copies what it changes; the parsed entries stay as sent
             e.extra["body"] = e.resource
             e.response = None
             e.target = None
