@@ -390,7 +390,7 @@ def rows_for(search: SearchEngine, rid: int, rtype: str, rid_: str, body: dict, 
     stored = _with_meta(body, rid_, 1, lu)
     data = res.dumps(stored)
     r = (rid, rtype, rid_, 1, lu, False, data)
-    h = (rid, rtype, rid_, 1, lu, "POST", False, data)
+    h = (rid, rtype, rid_, 1, lu, "POST", False, None)   # current: body in the resource row
     return r, h, search.index_rows(rtype, stored)
 
 

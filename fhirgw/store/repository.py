@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import jsonpatch
-from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -160,6 +160,27 @@ _UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
                     .values(version=bindparam("b_version"),
                             last_updated=bindparam("b_last_updated"),
                             deleted=bindparam("b_deleted"), body=bindparam("b_body")))
+#: an update or deletion keeps the version it replaces: its body moves from the resource row
+#: into its history row (see ``Tx._write_many``)
+_KEEP_OLD_BODY = (update(resource_history)
+                  .where(resource_history.c.res_type == bindparam("b_res_type"),
+                         resource_history.c.res_id == bindparam("b_res_id"),
+                         resource_history.c.version == bindparam("b_version"),
+                         resource_history.c.body.is_(None))
+                  .values(body=bindparam("b_body")))
+#: history rows with the resource row of the same version: a current version's body is
+#: stored once, in ``resource.body``, and its history row's body stays NULL (so is a
+#: deletion's). Databases written before keep a copy in both; either way
+#: ``_history_body()`` is the version's body.
+_HISTORY_WITH_CURRENT = resource_history.outerjoin(
+    resource, and_(resource.c.rid == resource_history.c.rid,
+                   resource.c.version == resource_history.c.version))
+
+
+def _history_body():
+    return func.coalesce(resource_history.c.body, resource.c.body).label("body")
+
+
 #: the columns of the resource and history rows ``Tx._write_many`` inserts
 #: (``store.bulk.insert_rows``; new resource rows have keys from ``Tx._new_rids``)
 _RESOURCE_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "deleted", "body")
@@ -322,12 +343,11 @@ class Tx:
         return Stored(res_type, res_id, row.version, row.last_updated, False, row.body)
 
     def vread(self, res_type: str, res_id: str, version: int) -> Stored:
+        h = resource_history.c
         row = self.conn.execute(
-            select(resource_history.c.version, resource_history.c.last_updated,
-                   resource_history.c.deleted, resource_history.c.body,
-                   resource_history.c.method)
-            .where(resource_history.c.res_type == res_type, resource_history.c.res_id == res_id,
-                   resource_history.c.version == version)
+            select(h.version, h.last_updated, h.deleted, _history_body(), h.method)
+            .select_from(_HISTORY_WITH_CURRENT)
+            .where(h.res_type == res_type, h.res_id == res_id, h.version == version)
         ).first()
         if row is None:
             if self._current_row(res_type, res_id) is None:
@@ -359,14 +379,14 @@ class Tx:
             cond.append(h.last_updated <= at)
         total = None
         if with_total:
-            from sqlalchemy import func
             total = self.conn.execute(select(func.count()).select_from(resource_history)
                                       .where(and_(True, *cond))).scalar_one()
         if cursor is not None:
             cond.append(h.seq < cursor)
         rows = self.conn.execute(
-            select(h.seq, h.res_type, h.res_id, h.version, h.last_updated, h.deleted, h.body,
-                   h.method)
+            select(h.seq, h.res_type, h.res_id, h.version, h.last_updated, h.deleted,
+                   _history_body(), h.method)
+            .select_from(_HISTORY_WITH_CURRENT)
             .where(and_(True, *cond)).order_by(h.seq.desc()).limit(count + 1)
         ).all()
         more = len(rows) > count
@@ -452,13 +472,20 @@ class Tx:
                 (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
                 for p in new])
         if old:
+            # the replaced versions' bodies move into their history rows
+            kept = [{"b_res_type": p.res_type, "b_res_id": p.res_id,
+                     "b_version": p.current.version, "b_body": p.current.body}
+                    for p in old if not p.current.deleted and p.current.body is not None]
+            if kept:
+                self.conn.execute(_KEEP_OLD_BODY, kept)
             self.conn.execute(_UPDATE_RESOURCE, [
                 {"b_rid": p.rid, "b_version": p.version, "b_last_updated": p.now,
                  "b_deleted": p.body is None, "b_body": p.data} for p in old])
             for table in INDEX_TABLES.values():
                 self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
+        # the new versions are current: their bodies are in their resource rows only
         insert_rows(self.conn, resource_history.name, _HISTORY_COLUMNS, [
-            (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, p.data)
+            (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, None)
             for p in pending])
         index: dict[str, list[tuple]] = {}
         extract = self.repo.search_engine.index_tuples

@@ -3,6 +3,8 @@
 * ``resource``: the current version of every resource (deleted ones stay, flagged), with a
   surrogate integer key ``rid`` that every index row points at.
 * ``resource_history``: every version ever written, ``seq`` orders the whole server's history.
+  The current version's body is stored once, in ``resource.body`` (its history row's body is
+  NULL until an update or deletion moves it there).
 * ``sp_*``: search index tables, one row per indexed value (HAPI's HFJ_SPIDX_* layout),
   written in the same transaction as the resource. ``res_type`` + ``param`` lead every index
   so a search touches only its own parameter's rows.

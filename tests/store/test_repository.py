@@ -39,6 +39,56 @@ def test_create_read_update_delete_history(repo):
         repo.run(lambda tx: tx.vread("Patient", "nope", 1))
 
 
+def _history_bodies(repo, res_id):
+    from sqlalchemy import select
+    from fhirgw.store.tables import resource_history as h
+    with repo.engine.connect() as conn:
+        return dict(conn.execute(select(h.c.version, h.c.body).where(h.c.res_id == res_id)).all())
+
+
+def test_a_version_body_is_stored_once(repo):
+    """The current version's body lives in the resource row only; an update or a deletion
+    moves the version it replaces into its history row. Every version reads back alike."""
+    s = repo.run(lambda tx: tx.create("Patient", pat(gender="male")).stored)
+    assert _history_bodies(repo, s.res_id) == {1: None}
+    repo.run(lambda tx: tx.update("Patient", s.res_id, pat(id=s.res_id, gender="female")))
+    bodies = _history_bodies(repo, s.res_id)
+    assert bodies[2] is None and bodies[1] == s.body
+    # a batch of updates (transaction Bundles) keeps the replaced versions too
+    repo.run(lambda tx: tx.update_many([("Patient", s.res_id, pat(id=s.res_id, gender="other"),
+                                         None)]))
+    repo.run(lambda tx: tx.delete("Patient", s.res_id))
+    bodies = _history_bodies(repo, s.res_id)
+    assert bodies[4] is None and all(bodies[v] for v in (1, 2, 3))
+    genders = [repo.run(lambda tx: tx.vread("Patient", s.res_id, v)).resource()["gender"]
+               for v in (1, 2, 3)]
+    assert genders == ["male", "female", "other"]
+    page = repo.run(lambda tx: tx.history("Patient", s.res_id))
+    assert [e.resource()["gender"] if not e.deleted else None for e in page.entries] == \
+        [None, "other", "female", "male"]
+    # created again after the deletion: the new current version reads from its resource row
+    repo.run(lambda tx: tx.update("Patient", s.res_id, pat(id=s.res_id, gender="unknown")))
+    assert _history_bodies(repo, s.res_id)[5] is None
+    assert repo.run(lambda tx: tx.vread("Patient", s.res_id, 5)).resource()["gender"] == "unknown"
+    assert repo.run(lambda tx: tx.history("Patient", s.res_id)).entries[0].resource()[
+        "gender"] == "unknown"
+
+
+def test_history_rows_written_with_their_body_still_read(repo):
+    """Databases written before bodies were stored once hold a copy in the history row of
+    the current version too; reads and the next update work the same."""
+    from sqlalchemy import update
+    from fhirgw.store.tables import resource_history as h
+    s = repo.run(lambda tx: tx.create("Patient", pat(gender="male")).stored)
+    with repo.engine.begin() as conn:
+        conn.execute(update(h).where(h.c.res_id == s.res_id).values(body=s.body))
+    assert repo.run(lambda tx: tx.vread("Patient", s.res_id, 1)).body == s.body
+    repo.run(lambda tx: tx.update("Patient", s.res_id, pat(id=s.res_id, gender="female")))
+    assert _history_bodies(repo, s.res_id)[1] == s.body
+    assert [e.resource()["gender"] for e in repo.run(
+        lambda tx: tx.history("Patient", s.res_id)).entries] == ["female", "male"]
+
+
 def test_failed_unit_of_work_stores_nothing(repo):
     def unit(tx):
         tx.create("Patient", pat())
