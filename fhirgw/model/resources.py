@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from .errors import BadRequest, InvalidResource, Issue
+from .errors import BadRequest, InvalidResource, Issue, NotFound
 from .jsontypes import check_json_types
 
 _DATA = os.path.join(os.path.dirname(__file__), "data", "resource_types.json")
@@ -194,8 +194,6 @@ def validate(resource: Any, expected_type: str | None = None) -> dict:
 
 
 def check_type(resource_type: str) -> str:
-    from .errors import NotFound
-
     if resource_type in SUPPORTED:
         return resource_type
     if resource_type in R4_TYPES:

@@ -395,7 +395,8 @@ class BundleProcessor:
     # ------------------------------------------------------------ batch
 
     def _batch(self, req, entries: list[Entry | FhirError]) -> bytes:
-        from .router import RestRequest
+        from .router import RestRequest, _prefer
+        minimal = _prefer(req, "return") == "minimal"
         out = []
         for e in entries:
             if isinstance(e, FhirError):
@@ -408,7 +409,7 @@ class BundleProcessor:
                 sub = RestRequest(e.method, e.path, e.query, headers, None,
                                   parsed=e.resource, base=req.base, principal=req.principal)
                 e.response = ("rest", self.router.handle(sub), None)
-                out.append(self._entry_response(req, e))
+                out.append(self._entry_response(req, e, minimal))
             except FhirError as exc:
                 out.append(_error_entry(exc))
             except Exception:  # one entry's bug must not lose the others' results
@@ -421,16 +422,17 @@ class BundleProcessor:
     # ------------------------------------------------------------ responses
 
     def _response_bundle(self, req, entries: list[Entry], btype: str) -> bytes:
-        return orjson.dumps({"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": btype,
-                             "entry": [self._entry_response(req, e) for e in entries]})
-
-    def _entry_response(self, req, e: Entry) -> dict:
         from .router import _prefer
+        minimal = _prefer(req, "return") == "minimal"
+        return orjson.dumps({"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": btype,
+                             "entry": [self._entry_response(req, e, minimal) for e in entries]})
+
+    def _entry_response(self, req, e: Entry, minimal: bool) -> dict:
         kind, value, status = e.response
         if kind == "write":
             stored = value.stored
             out: dict = {}
-            if _prefer(req, "return") != "minimal":
+            if not minimal:
                 out["resource"] = render.fragment(stored.body)
             out["response"] = {
                 "status": render.status_line(status),
