@@ -162,7 +162,9 @@ class BundleProcessor:
                 # extraction may assume valid input: their failure is not the answer)
                 _raise_invalid(pending)
                 raise
-            _raise_invalid(pending)  # before the commit
+            # the answer is awaited last before the commit, once the rules' before_commit
+            # (the AuditEvent) has run: that work overlaps with the workers' too
+            tx.commit_checks.append(lambda: _raise_invalid(pending))
             return out
 
         return self.router.repo.run(unit)

@@ -277,8 +277,15 @@ class Repository:
                     tx = Tx(self, conn)
                     result = fn(tx)
                     if tx.written:
-                        for rule in self.rules:
-                            rule.before_commit(tx)
+                        try:
+                            for rule in self.rules:
+                                rule.before_commit(tx)
+                        except Exception:
+                            for check in tx.commit_checks:   # their error comes first
+                                check()
+                            raise
+                    for check in tx.commit_checks:
+                        check()
             except DBAPIError as exc:
                 attempt += 1
                 if attempt > self.max_retries or not self._retryable(exc):
@@ -308,6 +315,11 @@ class Tx:
         self.repo = repo
         self.conn = conn
         self.written: list[Stored] = []
+        #: called last before the commit, after the rules' ``before_commit``; one that
+        #: raises rolls the unit back, and its error wins over one a rule raised. (A
+        #: transaction Bundle waits here for the parallel validation of its entries, so
+        #: that the AuditEvent is written meanwhile.)
+        self.commit_checks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ locks
 

@@ -249,6 +249,36 @@ def test_code_that_assumes_valid_input_does_not_turn_an_invalid_bundle_into_a_50
     assert on.status_code == 400
 
 
+def test_a_before_commit_rule_failing_on_invalid_input_does_not_hide_the_validation_error(
+        gateways, pool):
+    """With the pool, the unit's answer is awaited after the rules' before_commit (the
+    AuditEvent is written meanwhile); a rule that fails there on what validation refuses
+    must not change the answer, and nothing is stored."""
+    from fhirgw.store.repository import WriteRule
+
+    class NaiveAtCommit(WriteRule):
+        types = frozenset({"Patient"})
+
+        def before_commit(self, tx):
+            if any(b"favouriteColour" in (s.body or b"") for s in tx.written):
+                raise RuntimeError("a rule that trusted its input")
+
+    for name in ("on", "off"):
+        rules = gateways[name][1].state.router.repo.rules
+        rules.insert(len(rules) - 1, NaiveAtCommit())   # the AuditRule stays last
+    before = stored(gateways["on"][1])
+    try:
+        b = bundle({7: entry(UNKNOWN)})
+        on, off = post(gateways["on"][0], b), post(gateways["off"][0], b)
+    finally:
+        for name in ("on", "off"):
+            rules = gateways[name][1].state.router.repo.rules
+            rules[:] = [r for r in rules if not isinstance(r, NaiveAtCommit)]
+    assert (on.status_code, on.json()) == (off.status_code, off.json())
+    assert on.status_code == 400
+    assert stored(gateways["on"][1]) == before
+
+
 def test_valid_bundle_of_100_entries(gateways, pool):
     client, app = gateways["on"]
     before, used, fallbacks = stored(app), pool.submitted, pool.fallbacks
