@@ -19,6 +19,7 @@ import functools
 import hashlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -215,6 +216,32 @@ def _with_meta(body: dict, res_id: str, version: int, last_updated: int) -> dict
     for k, v in body.items():
         if k not in out:
             out[k] = v
+    return out
+
+
+#: PostgreSQL: from this many versions in one ``_write_many`` on, their resource and
+#: history rows are sent from a helper thread while the index rows are extracted
+OVERLAP_MIN_ITEMS = 20
+_overlap_threads: ThreadPoolExecutor | None = None
+_overlap_lock = threading.Lock()
+
+
+def _overlapped(background: Callable[[], None], foreground: Callable[[], T]) -> T:
+    """``foreground()`` in this thread while ``background()`` runs in a helper thread;
+    returns once both are done. The first error (the background's first) is raised."""
+    global _overlap_threads
+    if _overlap_threads is None:
+        with _overlap_lock:
+            if _overlap_threads is None:
+                _overlap_threads = ThreadPoolExecutor(max_workers=16,
+                                                      thread_name_prefix="fhirgw-store")
+    future = _overlap_threads.submit(background)
+    try:
+        out = foreground()
+    except BaseException:
+        future.exception()   # the connection is free again before the error goes up
+        raise
+    future.result()
     return out
 
 
@@ -480,30 +507,45 @@ class Tx:
         if new:
             for p, rid in zip(new, self._new_rids(len(new))):
                 p.rid = rid
-            insert_rows(self.conn, resource.name, _RESOURCE_COLUMNS, [
-                (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
-                for p in new])
-        if old:
-            # the replaced versions' bodies move into their history rows
-            kept = [{"b_res_type": p.res_type, "b_res_id": p.res_id,
-                     "b_version": p.current.version, "b_body": p.current.body}
-                    for p in old if not p.current.deleted and p.current.body is not None]
-            if kept:
-                self.conn.execute(_KEEP_OLD_BODY, kept)
-            self.conn.execute(_UPDATE_RESOURCE, [
-                {"b_rid": p.rid, "b_version": p.version, "b_last_updated": p.now,
-                 "b_deleted": p.body is None, "b_body": p.data} for p in old])
-            for table in INDEX_TABLES.values():
-                self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
-        # the new versions are current: their bodies are in their resource rows only
-        insert_rows(self.conn, resource_history.name, _HISTORY_COLUMNS, [
-            (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, None)
-            for p in pending])
-        index: dict[str, list[tuple]] = {}
-        extract = self.repo.search_engine.index_tuples
-        for p in pending:
-            if p.body is not None:
-                add_index_rows(index, p.rid, extract(p.res_type, p.body))
+
+        def write_versions() -> None:
+            if new:
+                insert_rows(self.conn, resource.name, _RESOURCE_COLUMNS, [
+                    (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
+                    for p in new])
+            if old:
+                # the replaced versions' bodies move into their history rows
+                kept = [{"b_res_type": p.res_type, "b_res_id": p.res_id,
+                         "b_version": p.current.version, "b_body": p.current.body}
+                        for p in old if not p.current.deleted and p.current.body is not None]
+                if kept:
+                    self.conn.execute(_KEEP_OLD_BODY, kept)
+                self.conn.execute(_UPDATE_RESOURCE, [
+                    {"b_rid": p.rid, "b_version": p.version, "b_last_updated": p.now,
+                     "b_deleted": p.body is None, "b_body": p.data} for p in old])
+                for table in INDEX_TABLES.values():
+                    self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
+            # the new versions are current: their bodies are in their resource rows only
+            insert_rows(self.conn, resource_history.name, _HISTORY_COLUMNS, [
+                (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, None)
+                for p in pending])
+
+        def extract_all() -> dict[str, list[tuple]]:
+            index: dict[str, list[tuple]] = {}
+            extract = self.repo.search_engine.index_tuples
+            for p in pending:
+                if p.body is not None:
+                    add_index_rows(index, p.rid, extract(p.res_type, p.body))
+            return index
+
+        if self.repo.is_pg and len(pending) >= OVERLAP_MIN_ITEMS:
+            # PostgreSQL stores the version rows while this thread extracts the index rows
+            # (the driver waits for the server without the GIL; nothing else uses the
+            # connection meanwhile)
+            index = _overlapped(write_versions, extract_all)
+        else:
+            write_versions()
+            index = extract_all()
         for kind, rows in index.items():
             insert_rows(self.conn, INDEX_TABLES[kind].name, INDEX_ROW_COLUMNS[kind], rows)
         out = []
