@@ -37,51 +37,42 @@ def rewrite_links(node: Any, mapping: dict[str, str],
     def walk(node: Any) -> Any:
         cls = node.__class__
         if cls is dict:
-            out = None
-            for k, v in node.items():
-                vc = v.__class__
-                if vc is str:
-                    if k == "reference":
-                        new = mapping.get(v)
-                        if new is None:
-                            if resolve is None or not is_conditional(v):
-                                continue
-                            new = resolve(v)
-                    elif k == "div":
-                        if not mapping:
-                            continue
-                        new = _HREF.sub(href, v)
-                    else:
-                        new = mapping.get(v)
-                        if new is None:
-                            continue
-                elif vc is dict or vc is list:
-                    new = walk(v)
-                else:
-                    continue
-                if new is not v:
-                    if out is None:
-                        out = dict(node)
-                    out[k] = new
-            return node if out is None else out
-        if cls is list:
-            out = None
-            for i, v in enumerate(node):
-                vc = v.__class__
-                if vc is dict or vc is list:
-                    new = walk(v)
-                elif vc is str:
-                    new = mapping.get(v, v)
-                else:
-                    continue
-                if new is not v:
-                    if out is None:
-                        out = list(node)
-                    out[i] = new
-            return node if out is None else out
-        if cls is str:
+            items = node.items()
+        elif cls is list:
+            items = enumerate(node)   # keys are ints: never "reference" nor "div"
+        elif cls is str:
             return mapping.get(node, node)
-        return node
+        else:
+            return node
+        out = None
+        for k, v in items:
+            vc = v.__class__
+            if vc is str:
+                if k == "reference":
+                    new = mapping.get(v)
+                    if new is None:
+                        if resolve is None or not is_conditional(v):
+                            continue
+                        new = resolve(v)
+                elif k == "div":
+                    if not mapping:
+                        continue
+                    new = _HREF.sub(href, v)
+                    if new == v:   # links elsewhere only (``sub`` returns a new string)
+                        continue
+                else:
+                    new = mapping.get(v)
+                    if new is None:
+                        continue
+            elif vc is dict or vc is list:
+                new = walk(v)
+            else:
+                continue
+            if new is not v:
+                if out is None:
+                    out = cls(node)   # a shallow copy; the parts not changed are shared
+                out[k] = new
+        return node if out is None else out
 
     return walk(node)
 
