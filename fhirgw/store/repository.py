@@ -347,6 +347,8 @@ class Tx:
         #: transaction Bundle waits here for the parallel validation of its entries, so
         #: that the AuditEvent is written meanwhile.)
         self.commit_checks: list[Callable[[], None]] = []
+        #: PostgreSQL: resource keys drawn from the sequence and not used yet
+        self._spare_rids: list[int] = []
 
     # ------------------------------------------------------------ locks
 
@@ -561,16 +563,24 @@ class Tx:
     def _new_rids(self, n: int) -> list[int]:
         """Keys for ``n`` new resource rows. SQLite: the next ones after the largest (what
         its rowid would pick; this transaction holds the write lock, resource rows are
-        never removed). PostgreSQL: from the column's sequence, in one round trip."""
+        never removed). PostgreSQL: from the column's sequence, in one round trip, one more
+        than asked: the spare serves the next call in this unit of work (a write's
+        AuditEvent, written last) without a round trip of its own (~0.2-0.5 ms under
+        load). An unused spare is a gap in the sequence, nothing else."""
         if self.conn.dialect.name == "sqlite":
             top = self.conn.exec_driver_sql("SELECT max(rid) FROM resource").scalar() or 0
             return list(range(top + 1, top + 1 + n))
-        seq = self.repo.rid_sequence
-        if seq is None:   # looked up once (per row inside the query it cost ~1 ms per 100)
-            seq = self.repo.rid_sequence = self.conn.exec_driver_sql(
-                "SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
-        return list(self.conn.exec_driver_sql(
-            "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", (seq, n)).scalars())
+        spare = self._spare_rids
+        if len(spare) < n:
+            seq = self.repo.rid_sequence
+            if seq is None:   # looked up once (per row inside the query it cost ~1 ms per 100)
+                seq = self.repo.rid_sequence = self.conn.exec_driver_sql(
+                    "SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
+            spare = spare + list(self.conn.exec_driver_sql(
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
+                (seq, n - len(spare) + 1)).scalars())
+        out, self._spare_rids = spare[:n], spare[n:]
+        return out
 
     def _check_version(self, res_type: str, res_id: str, current, if_match: int | None) -> None:
         if if_match is None:

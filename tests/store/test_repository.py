@@ -250,3 +250,35 @@ def test_a_failing_batch_leaves_nothing_whichever_side_fails(engine, monkeypatch
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM resource")).scalar() == 25
         assert c.execute(text("SELECT count(*) FROM sp_token")).scalar() == 25
+
+
+def test_a_unit_draws_resource_keys_once_for_its_last_write(engine):
+    """PostgreSQL: the key query draws one key more than asked, so the unit's next write
+    (a write's AuditEvent comes last) needs no query of its own; keys never repeat."""
+    repo = Repository(engine, NoSearch())
+    pg = engine.dialect.name == "postgresql"
+    drawn = []
+
+    def last_value(tx):
+        seq = tx.conn.exec_driver_sql(
+            "SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
+        return tx.conn.exec_driver_sql(f"SELECT last_value FROM {seq}").scalar()
+
+    def unit(tx):
+        tx.create_many([("Patient", pat(), f"k{i}") for i in range(10)])
+        if pg:
+            drawn.append(last_value(tx))
+        tx.create("Patient", pat(), validated=True)
+        if pg:
+            drawn.append(last_value(tx))
+        tx.create("Patient", pat(), validated=True)   # no spare left: a new query
+        if pg:
+            drawn.append(last_value(tx))
+    repo.run(unit)
+    repo.run(lambda tx: tx.create_many([("Patient", pat(), f"m{i}") for i in range(5)]))
+    from sqlalchemy import text
+    with engine.connect() as c:
+        rids = [r for (r,) in c.execute(text("SELECT rid FROM resource"))]
+    assert len(rids) == len(set(rids)) == 17
+    if pg:
+        assert drawn[0] == drawn[1] < drawn[2]
