@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import jsonpatch
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -34,7 +34,7 @@ from ..model import resources as res
 from ..model.ids import new_id
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
-from .bulk import INDEX_ROW_COLUMNS, add_index_rows, insert_rows
+from .bulk import INDEX_ROW_COLUMNS, Batch, add_index_rows
 from .fastread import FastReader
 from .tables import INDEX_TABLES, resource, resource_history
 
@@ -156,19 +156,12 @@ class _Pending:
     rid: int
 
 
-# statements built once: executemany with cached compilation
-_UPDATE_RESOURCE = (update(resource).where(resource.c.rid == bindparam("b_rid"))
-                    .values(version=bindparam("b_version"),
-                            last_updated=bindparam("b_last_updated"),
-                            deleted=bindparam("b_deleted"), body=bindparam("b_body")))
 #: an update or deletion keeps the version it replaces: its body moves from the resource row
-#: into its history row (see ``Tx._write_many``)
-_KEEP_OLD_BODY = (update(resource_history)
-                  .where(resource_history.c.res_type == bindparam("b_res_type"),
-                         resource_history.c.res_id == bindparam("b_res_id"),
-                         resource_history.c.version == bindparam("b_version"),
-                         resource_history.c.body.is_(None))
-                  .values(body=bindparam("b_body")))
+#: into its history row (see ``Tx._write_many``; ``store.bulk.Batch`` SQL)
+_KEEP_OLD_BODY = ("UPDATE resource_history SET body = ? WHERE res_type = ? AND res_id = ? "
+                  "AND version = ? AND body IS NULL")
+_UPDATE_RESOURCE = ("UPDATE resource SET version = ?, last_updated = ?, deleted = ?, body = ? "
+                    "WHERE rid = ?")
 #: history rows with the resource row of the same version: a current version's body is
 #: stored once, in ``resource.body``, and its history row's body stays NULL (so is a
 #: deletion's). Databases written before keep a copy in both; either way
@@ -183,7 +176,7 @@ def _history_body():
 
 
 #: the columns of the resource and history rows ``Tx._write_many`` inserts
-#: (``store.bulk.insert_rows``; new resource rows have keys from ``Tx._new_rids``)
+#: (``store.bulk.Batch``; new resource rows have keys from ``Tx._new_rids``)
 _RESOURCE_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "deleted", "body")
 _HISTORY_COLUMNS = ("rid", "res_type", "res_id", "version", "last_updated", "method",
                     "deleted", "body")
@@ -510,25 +503,23 @@ class Tx:
             for p, rid in zip(new, self._new_rids(len(new))):
                 p.rid = rid
 
-        def write_versions() -> None:
-            if new:
-                insert_rows(self.conn, resource.name, _RESOURCE_COLUMNS, [
-                    (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
-                    for p in new])
+        def versions(batch: Batch) -> Batch:
+            """The resource and history rows (and an update's old index rows gone)."""
+            batch.insert(resource.name, _RESOURCE_COLUMNS, [
+                (p.rid, p.res_type, p.res_id, p.version, p.now, p.body is None, p.data)
+                for p in new])
             if old:
                 # the replaced versions' bodies move into their history rows
-                kept = [{"b_res_type": p.res_type, "b_res_id": p.res_id,
-                         "b_version": p.current.version, "b_body": p.current.body}
-                        for p in old if not p.current.deleted and p.current.body is not None]
-                if kept:
-                    self.conn.execute(_KEEP_OLD_BODY, kept)
-                self.conn.execute(_UPDATE_RESOURCE, [
-                    {"b_rid": p.rid, "b_version": p.version, "b_last_updated": p.now,
-                     "b_deleted": p.body is None, "b_body": p.data} for p in old])
+                batch.execute(_KEEP_OLD_BODY, [
+                    (p.current.body, p.res_type, p.res_id, p.current.version)
+                    for p in old if not p.current.deleted and p.current.body is not None])
+                batch.execute(_UPDATE_RESOURCE, [
+                    (p.version, p.now, p.body is None, p.data, p.rid) for p in old])
                 for table in INDEX_TABLES.values():
-                    self.conn.execute(delete(table).where(table.c.rid.in_([p.rid for p in old])))
+                    batch.execute(f"DELETE FROM {table.name} WHERE rid = ?",
+                                  [(p.rid,) for p in old])
             # the new versions are current: their bodies are in their resource rows only
-            insert_rows(self.conn, resource_history.name, _HISTORY_COLUMNS, [
+            return batch.insert(resource_history.name, _HISTORY_COLUMNS, [
                 (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, None)
                 for p in pending])
 
@@ -544,12 +535,16 @@ class Tx:
             # PostgreSQL stores the version rows while this thread extracts the index rows
             # (the driver waits for the server without the GIL; nothing else uses the
             # connection meanwhile)
-            index = _overlapped(write_versions, extract_all)
+            index = _overlapped(versions(Batch(self.conn)).run, extract_all)
+            batch = Batch(self.conn)
         else:
-            write_versions()
+            # one batch for every row: on PostgreSQL a write of a few resources is then
+            # one round trip (plus a COPY per table with many rows)
             index = extract_all()
+            batch = versions(Batch(self.conn))
         for kind, rows in index.items():
-            insert_rows(self.conn, INDEX_TABLES[kind].name, INDEX_ROW_COLUMNS[kind], rows)
+            batch.insert(INDEX_TABLES[kind].name, INDEX_ROW_COLUMNS[kind], rows)
+        batch.run()
         out = []
         for p in pending:
             stored = Stored(p.res_type, p.res_id, p.version, p.now, p.body is None, p.data,

@@ -134,11 +134,15 @@ AWKWARD = ["tab\there", "line\nbreak", "back\\slash", "\\N", "quote's \"double\"
            "comma,semi;pipe|", "carriage\rreturn", ""]
 
 
-def test_bulk_rows_keep_awkward_values(engine):
-    """Batched writes (COPY on PostgreSQL, executemany on SQLite) store every value as
-    given: control characters, backslashes, COPY's own null marker, non-ASCII, floats,
-    NULLs and the bytes of the body."""
+@pytest.mark.parametrize("copy_min", [1, 10_000], ids=["copy", "pipeline"])
+def test_bulk_rows_keep_awkward_values(engine, copy_min, monkeypatch):
+    """Batched writes (on PostgreSQL COPY, or INSERTs in one pipeline; executemany on
+    SQLite) store every value as given: control characters, backslashes, COPY's own null
+    marker, non-ASCII, floats, NULLs and the bytes of the body."""
     from sqlalchemy import select
+
+    import fhirgw.store.bulk as bulk
+    monkeypatch.setattr(bulk, "COPY_MIN_ROWS", copy_min)
 
     from fhirgw.search import SearchEngine
     from fhirgw.store.tables import resource, sp_number, sp_string, sp_token
@@ -173,10 +177,15 @@ def test_bulk_rows_keep_awkward_values(engine):
     assert [h[1] for h in hits] == ["id2"]
 
 
-def test_bulk_insert_errors_are_sqlalchemy_errors(engine):
-    """A duplicate key in a batched insert (COPY on PostgreSQL) raises SQLAlchemy's
-    IntegrityError, as a single INSERT does: the repository's retry logic sees it."""
+@pytest.mark.parametrize("copy_min", [1, 10_000], ids=["copy", "pipeline"])
+def test_bulk_insert_errors_are_sqlalchemy_errors(engine, copy_min, monkeypatch):
+    """A duplicate key in a batched insert (COPY or a pipeline on PostgreSQL) raises
+    SQLAlchemy's IntegrityError, as a single INSERT does: the repository's retry logic
+    sees it."""
     from sqlalchemy.exc import IntegrityError
+
+    import fhirgw.store.bulk as bulk
+    monkeypatch.setattr(bulk, "COPY_MIN_ROWS", copy_min)
 
     from fhirgw.search import SearchEngine
     from fhirgw.store.bulk import insert_rows
@@ -282,3 +291,33 @@ def test_a_unit_draws_resource_keys_once_for_its_last_write(engine):
     assert len(rids) == len(set(rids)) == 17
     if pg:
         assert drawn[0] == drawn[1] < drawn[2]
+
+
+def test_a_batch_runs_its_statements_in_order(engine, monkeypatch):
+    """store.bulk.Batch: statements run in the order given, whether they travel by COPY or
+    in the pipeline between COPYs (an update deletes a resource's old index rows before its
+    new ones go in); a failing statement fails the batch with SQLAlchemy's error."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    import fhirgw.store.bulk as bulk
+    from fhirgw.store.bulk import Batch
+    monkeypatch.setattr(bulk, "COPY_MIN_ROWS", 3)
+    cols = ("res_type", "param", "system", "code", "text", "rid")
+    rows = [("Patient", "gender", None, f"c{i}", None, 7) for i in range(5)]
+    with engine.begin() as conn:
+        (Batch(conn).insert("sp_token", cols, rows)                  # COPY on PostgreSQL
+         .execute("DELETE FROM sp_token WHERE rid = ?", [(7,)])       # pipelined
+         .insert("sp_token", cols, rows[:2])                          # pipelined
+         .execute("UPDATE sp_token SET text = ? WHERE code = ?", [("t", "c1")])
+         .insert("sp_token", cols, rows[2:])                          # COPY
+         .run())
+        got = conn.execute(text("SELECT code, text FROM sp_token ORDER BY code")).all()
+    assert [tuple(r) for r in got] == [("c0", None), ("c1", "t"), ("c2", None), ("c3", None),
+                                       ("c4", None)]
+    with pytest.raises(DBAPIError):
+        with engine.begin() as conn:
+            Batch(conn).insert("sp_token", cols, rows[:1]).execute(
+                "INSERT INTO no_such_table (x) VALUES (?)", [(1,)]).run()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sp_token")).scalar() == 5
