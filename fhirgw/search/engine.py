@@ -83,9 +83,7 @@ class SearchEngine:
         """Rewrite the index rows of the next ``limit`` current resources with ``rid`` above
         ``after_rid``: one delete and one bulk insert per table. Returns (count, last rid),
         so a caller can commit per batch and report progress."""
-        from sqlalchemy import delete
-
-        from ..store.bulk import INDEX_ROW_COLUMNS, add_index_rows, insert_rows
+        from ..store.bulk import INDEX_ROW_COLUMNS, Batch, add_index_rows
         from ..store.tables import INDEX_TABLES
         stmt = (select(resource.c.rid, resource.c.res_type, resource.c.body)
                 .where(resource.c.deleted == false(), resource.c.rid > after_rid)
@@ -100,9 +98,11 @@ class SearchEngine:
         for r in chunk:
             if r.body is not None:
                 add_index_rows(out, r.rid, self.index_tuples(r.res_type, loads(r.body)))
+        batch = Batch(conn)
         for kind, table in INDEX_TABLES.items():
-            conn.execute(delete(table).where(table.c.rid.in_(rids)))
-            insert_rows(conn, table.name, INDEX_ROW_COLUMNS[kind], out.get(kind, []))
+            batch.delete_rids(table.name, rids)
+            batch.insert(table.name, INDEX_ROW_COLUMNS[kind], out.get(kind, []))
+        batch.run()
         return len(chunk), rids[-1]
 
     # -------------------------------------------------------------- parsing

@@ -112,6 +112,21 @@ class Batch:
             self.steps.append((None, sql, (), rows))
         return self
 
+    def delete_rids(self, table: str, rids: list[int]) -> "Batch":
+        """Delete the rows of ``table`` whose ``rid`` is one of ``rids``: one statement
+        (``= ANY`` on PostgreSQL, ``IN`` lists of up to 500 on SQLite)."""
+        if not rids:
+            return self
+        if self.conn.dialect.name == "postgresql":
+            self.steps.append((None, f"DELETE FROM {table} WHERE rid = ANY(?)", (),
+                               [(list(rids),)]))
+            return self
+        for i in range(0, len(rids), 500):
+            part = rids[i:i + 500]
+            self.steps.append((None, f"DELETE FROM {table} WHERE rid IN "
+                                     f"({', '.join('?' * len(part))})", (), [tuple(part)]))
+        return self
+
     def run(self) -> None:
         conn, steps = self.conn, self.steps
         self.steps = []

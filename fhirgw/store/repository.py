@@ -516,8 +516,7 @@ class Tx:
                 batch.execute(_UPDATE_RESOURCE, [
                     (p.version, p.now, p.body is None, p.data, p.rid) for p in old])
                 for table in INDEX_TABLES.values():
-                    batch.execute(f"DELETE FROM {table.name} WHERE rid = ?",
-                                  [(p.rid,) for p in old])
+                    batch.delete_rids(table.name, [p.rid for p in old])
             # the new versions are current: their bodies are in their resource rows only
             return batch.insert(resource_history.name, _HISTORY_COLUMNS, [
                 (p.rid, p.res_type, p.res_id, p.version, p.now, p.method, p.body is None, None)

@@ -321,3 +321,19 @@ def test_a_batch_runs_its_statements_in_order(engine, monkeypatch):
                 "INSERT INTO no_such_table (x) VALUES (?)", [(1,)]).run()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM sp_token")).scalar() == 5
+
+
+def test_a_batch_deletes_by_resource_key_in_large_sets(engine):
+    """Batch.delete_rids: one statement per table on PostgreSQL, IN lists of 500 on SQLite;
+    only the rows of the keys given go."""
+    from sqlalchemy import text
+
+    from fhirgw.store.bulk import Batch
+    cols = ("res_type", "param", "system", "code", "text", "rid")
+    with engine.begin() as conn:
+        Batch(conn).insert("sp_token", cols, [("Patient", "gender", None, "x", None, rid)
+                                              for rid in range(1, 1301)]).run()
+        Batch(conn).delete_rids("sp_token", list(range(2, 1301, 2))).delete_rids(
+            "sp_token", []).run()
+        left = [r for (r,) in conn.execute(text("SELECT rid FROM sp_token ORDER BY rid"))]
+    assert left == list(range(1, 1301, 2))
