@@ -41,9 +41,22 @@ def _write(engine: Engine):
     return conn
 
 
+#: is anything due? (index ix_sync_outbox_due; built once: an idle worker asks this
+#: several times a second, and building the statement cost ten times running it)
+_DUE = select(outbox.c.id).where(or_(
+    and_(outbox.c.status == "pending", outbox.c.next_attempt_at <= bindparam("now")),
+    and_(outbox.c.status == "inflight", outbox.c.lease_until < bindparam("now")))).limit(1)
+
+
 def claim(engine: Engine, *, limit: int = 50, lease: float = 60.0,
           exclude: frozenset[str] = frozenset()) -> list[Claimed]:
     now = clock.now()
+    # a read first: an idle worker must not take SQLite's write lock, or wake PostgreSQL
+    # row locks, several times a second for nothing
+    with engine.connect() as probe:
+        busy = probe.execute(_DUE, {"now": now}).first()
+    if busy is None:
+        return []
     token = uuid.uuid4().hex
     o = outbox.alias("o")
     p = outbox.alias("p")
@@ -56,16 +69,6 @@ def claim(engine: Engine, *, limit: int = 50, lease: float = 60.0,
          .order_by(o.c.id).limit(limit))
     if exclude:
         q = q.where(o.c.partner.not_in(sorted(exclude)))
-    # a read first (index ix_sync_outbox_due): an idle worker must not take SQLite's write
-    # lock, or wake PostgreSQL row locks, several times a second for nothing
-    with engine.connect() as probe:
-        busy = probe.execute(
-            select(outbox.c.id).where(or_(
-                and_(outbox.c.status == "pending", outbox.c.next_attempt_at <= now),
-                and_(outbox.c.status == "inflight", outbox.c.lease_until < now))).limit(1)
-        ).first()
-    if busy is None:
-        return []
     conn = _write(engine)
     try:
         with conn.begin():
