@@ -17,9 +17,10 @@ def _root() -> None:
 
 
 def _factory():
-    from .api.lifespan import run_with_app, tune_gc
+    from .api.lifespan import run_with_app
     from .app import create_app
     from .config import Settings
+    from .runtime import tune_gc
 
     app = create_app(Settings())
     run_with_app(app, start=tune_gc)   # this process is a server: tune its collector

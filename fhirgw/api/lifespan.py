@@ -24,22 +24,3 @@ def run_with_app(app, *, start: Callable[[], None] | None = None,
                 await anyio.to_thread.run_sync(stop)
 
     app.router.lifespan_context = lifespan
-
-
-#: gen0 threshold for a server process (Python's default is 700)
-GC_THRESHOLD = (20_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """For a server process, once it has started: what exists now (modules, the R4B model
-    classes, the search registry: millions of objects) is frozen out of the collector's
-    scans, and collections come after 20,000 container allocations instead of 700. A
-    request allocates thousands of dicts that reference counting frees; scanning them and
-    the startup heap cost ~15 µs per ingested resource (5%) and pauses of up to 120 ms
-    (a full collection). ``fhirgw serve`` calls it; an app embedded elsewhere leaves the
-    process's collector alone."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 
 import orjson
@@ -54,6 +55,8 @@ class ChildWriter:
         self._failed = False
         self._closed = False
         self._lock = threading.Lock()
+        #: what the child reported when it was ready (its pid, its collector's thresholds)
+        self.info: dict = {}
 
     @property
     def ready(self) -> bool:
@@ -85,6 +88,7 @@ class ChildWriter:
             status, detail = orjson.loads(parent.recv_bytes())
             if status != "ready":
                 raise RuntimeError(detail)
+            self.info = detail or {}
             with self._lock:
                 if self._closed:   # the trail closed while the child was starting
                     parent.send_bytes(_STOP)
@@ -151,7 +155,12 @@ def _child_main(conn, url: str, base_urls: list[str]) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which goes on alone
         conn.send_bytes(orjson.dumps(["error", f"{type(exc).__name__}: {exc}"]))
         return
-    conn.send_bytes(orjson.dumps(["ready", None]))
+    import gc
+
+    from ..runtime import tune_gc
+    tune_gc()   # a long-running writer: its startup heap (the search registry) frozen
+    conn.send_bytes(orjson.dumps(["ready", {"pid": os.getpid(),
+                                            "gc_threshold": gc.get_threshold()}]))
     checkpointer.start()
     while True:
         try:

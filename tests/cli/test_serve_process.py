@@ -27,7 +27,7 @@ def test_serve_tunes_the_collector_of_its_process(monkeypatch, tmp_path):
     import gc
 
     import fhirgw.cli as cli
-    from fhirgw.api.lifespan import GC_THRESHOLD
+    from fhirgw.runtime import GC_THRESHOLD
 
     before = gc.get_threshold()
     monkeypatch.setenv("FHIRGW_DATABASE_URL", f"sqlite:///{tmp_path / 'gc.db'}")

@@ -63,7 +63,10 @@ def test_batches_go_to_the_child_under_load(repo):
         # engine, which has not loaded the stored parameter
         in_process = 0 if trail.child.ready else 60
         assert _wait_ready(trail), "the writer process did not start"
-        assert trail.child.pid != os.getpid()
+        assert trail.child.pid != os.getpid() and trail.child.info["pid"] == trail.child.pid
+        # a long-running process: its collector tuned as the server's
+        from fhirgw.runtime import GC_THRESHOLD
+        assert tuple(trail.child.info["gc_threshold"]) == GC_THRESHOLD
         db_file = repo.engine.url.database if repo.engine.dialect.name == "sqlite" else None
         if db_file:
             with repo.engine.connect() as conn:   # everything so far in the file
