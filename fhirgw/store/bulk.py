@@ -4,7 +4,7 @@ The write path (``Tx``) and the search engine's reindex both write index rows in
 columns are plain ints, floats, strings and bytes, which need no conversion, and SQLAlchemy
 spent more per row than the insert itself.
 
-* SQLite: the driver's ``executemany`` with one cached INSERT.
+* SQLite: the driver's ``executemany`` with one cached statement.
 * PostgreSQL: ``COPY ... FROM STDIN`` for many rows. The server spends about half of a
   pipelined ``executemany``'s time per row (one statement, no parse/bind/execute per row),
   and the client a third of it. Its errors come out as SQLAlchemy's (``IntegrityError``,
@@ -17,6 +17,8 @@ single create and its AuditEvent made ~12 round trips, each 0.1-0.5 ms).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -25,6 +27,8 @@ from .tables import INDEX_COLUMNS
 #: the columns of an index row as the store writes it: ``INDEX_COLUMNS``, then ``rid``
 INDEX_ROW_COLUMNS: dict[str, tuple[str, ...]] = {
     kind: cols + ("rid",) for kind, cols in INDEX_COLUMNS.items()}
+
+
 def add_index_rows(out: dict[str, list[tuple]], rid: int,
                    rows_by_kind: dict[str, list[tuple]]) -> None:
     """Append one resource's index rows (``SearchEngine.index_tuples``) to ``out`` per
@@ -35,23 +39,11 @@ def add_index_rows(out: dict[str, list[tuple]], rid: int,
             out.setdefault(kind, []).extend([row + key for row in rows])
 
 
-#: PostgreSQL: from this many rows on, ``insert_rows`` and ``Batch`` use COPY instead of
-#: INSERT (below it, a pipelined INSERT shares its round trip with the batch's others)
+#: PostgreSQL: from this many rows on, ``Batch`` inserts by COPY instead of INSERT (below
+#: it, a pipelined INSERT shares its round trip with the batch's other statements)
 COPY_MIN_ROWS = 16
 #: (table, columns, placeholder or "copy") -> the statement
 _SQL: dict[tuple, str] = {}
-
-
-def insert_rows(conn: Connection, table: str, columns: tuple[str, ...],
-                rows: list[tuple]) -> None:
-    """Insert ``rows`` (tuples of values in ``columns`` order) into ``table`` within
-    ``conn``'s transaction."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-        _copy(conn, table, columns, rows)
-        return
-    conn.exec_driver_sql(_insert_sql(conn, table, columns), rows)
 
 
 def _insert_sql(conn: Connection, table: str, columns: tuple[str, ...]) -> str:
@@ -75,21 +67,14 @@ def _copy(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tup
             write(row)
 
 
-class _as_sqlalchemy_errors:
+@contextmanager
+def _as_sqlalchemy_errors(conn: Connection, sql: str):
     """Driver errors raised inside come out as SQLAlchemy's (IntegrityError, ...)."""
-
-    def __init__(self, conn: Connection, sql: str) -> None:
-        self.conn, self.sql = conn, sql
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        dbapi = self.conn.dialect.loaded_dbapi
-        if exc is not None and isinstance(exc, dbapi.Error):
-            raise DBAPIError.instance(self.sql, None, exc, dbapi.Error,
-                                      dialect=self.conn.dialect) from exc
-        return False
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=conn.dialect) from exc
 
 
 class Batch:

@@ -188,15 +188,16 @@ def test_bulk_insert_errors_are_sqlalchemy_errors(engine, copy_min, monkeypatch)
     monkeypatch.setattr(bulk, "COPY_MIN_ROWS", copy_min)
 
     from fhirgw.search import SearchEngine
-    from fhirgw.store.bulk import insert_rows
+    from fhirgw.store.bulk import Batch
 
     repo = Repository(engine, SearchEngine())
     repo.run(lambda tx: tx.create_many([("Patient", pat(), "dup"), ("Patient", pat(), "p2")]))
     with pytest.raises(IntegrityError):
         repo.run(lambda tx: tx.create_many([("Patient", pat(), "p3"), ("Patient", pat(), "dup")]))
     with engine.begin() as conn, pytest.raises(IntegrityError):
-        insert_rows(conn, "sp_token", ("rid", "res_type", "param", "system", "code", "text"),
-                    [(1, "Patient", "x", None, "a", None), (None, "Patient", "x", None, "b", None)])
+        Batch(conn).insert("sp_token", ("rid", "res_type", "param", "system", "code", "text"),
+                           [(1, "Patient", "x", None, "a", None),
+                            (None, "Patient", "x", None, "b", None)]).run()
     # the failed unit stored nothing
     assert sorted(e.res_id for e in repo.run(lambda tx: tx.history("Patient")).entries) == \
         ["dup", "p2"]
