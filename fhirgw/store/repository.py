@@ -471,32 +471,11 @@ class Tx:
         or None). No checks here; rules run per item."""
         pending: list[_Pending] = []
         for position, (res_type, res_id, body, method, current) in enumerate(items):
-            rules = [r for r in self.repo.rules if res_type in r.types]
-            previous = None
-            if rules:
-                if current is not None and not current.deleted and current.body is not None:
-                    previous = res.loads(current.body)
-                if body is not None:
-                    try:
-                        for rule in rules:
-                            body = rule.before_write(self, res_type, res_id, body, previous)
-                    except FhirError as exc:
-                        exc.batch_index = position  # which item of a batch failed
-                        raise
-            now = clock.now()
-            version = (current.version + 1) if current is not None else 1
-            data = None
-            if body is not None:
-                body = _with_meta(body, res_id, version, now)
-                data = res.dumps(body)
-                try:
-                    res.check_no_nul(data, body, res_type)   # stored alike on both databases
-                except FhirError as exc:
-                    exc.batch_index = position
-                    raise
-            pending.append(_Pending(res_type, res_id, body, method, current, now, version,
-                                    data, rules, previous,
-                                    current.rid if current is not None else 0))
+            try:
+                pending.append(self._prepare(res_type, res_id, body, method, current))
+            except FhirError as exc:
+                exc.batch_index = position  # which item of a batch failed
+                raise
         new = [p for p in pending if p.current is None]
         old = [p for p in pending if p.current is not None]
         if new:
@@ -553,6 +532,27 @@ class Tx:
                 rule.after_write(self, stored, p.previous)
             out.append(stored)
         return out
+
+    def _prepare(self, res_type: str, res_id: str, body: dict | None, method: str,
+                 current) -> _Pending:
+        """One new version: the rules' say, then the stored form and its JSON."""
+        rules = [r for r in self.repo.rules if res_type in r.types]
+        previous = None
+        if rules:
+            if current is not None and not current.deleted and current.body is not None:
+                previous = res.loads(current.body)
+            if body is not None:
+                for rule in rules:
+                    body = rule.before_write(self, res_type, res_id, body, previous)
+        now = clock.now()
+        version = (current.version + 1) if current is not None else 1
+        data = None
+        if body is not None:
+            body = _with_meta(body, res_id, version, now)
+            data = res.dumps(body)
+            res.check_no_nul(data, body, res_type)   # stored alike on both databases
+        return _Pending(res_type, res_id, body, method, current, now, version, data, rules,
+                        previous, current.rid if current is not None else 0)
 
     def _new_rids(self, n: int) -> list[int]:
         """Keys for ``n`` new resource rows. SQLite: the next ones after the largest (what
