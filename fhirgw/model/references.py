@@ -74,7 +74,13 @@ def rewrite_links(node: Any, mapping: dict[str, str],
                 out[k] = new
         return node if out is None else out
 
-    return walk(node)
+    try:
+        return walk(node)
+    finally:
+        # ``walk`` refers to itself through its closure: a cycle that reference counting
+        # cannot free, holding ``conditional`` (in a transaction: the unit of work and all
+        # it holds) until the garbage collector's next run
+        walk = None  # noqa: F841
 
 
 def local_id(reference: dict | None, res_type: str) -> str | None:
