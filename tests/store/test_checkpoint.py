@@ -87,3 +87,18 @@ def test_checkpoints_only_after_its_own_commits(tmp_path):
         other.dispose()
     finally:
         cp.stop()
+
+
+def test_the_pace_follows_the_write_rate():
+    cp = WalCheckpointer(create_engine("sqlite://"), interval=0.1, min_interval=0.02,
+                         target_frames=4000)
+    cp.wait = 0.1
+    assert cp.pace(16000) == 0.025        # 16,000 new frames in 0.1 s: 4,000 every 25 ms
+    cp.wait = 0.025
+    assert cp.pace(20000) == 0.025        # 4,000 more in 25 ms: the same pace
+    cp.wait = 0.025
+    assert cp.pace(20000 + 100) == 0.1    # almost nothing new: the longest wait
+    cp.wait = 0.1
+    assert cp.pace(500) == 0.1            # the WAL started over (500 < 20,100)
+    assert cp.pace(500 + 400_000) == 0.02  # a flood: no faster than min_interval
+    assert cp.pace(-1) == 0.02            # busy (another connection checkpointing): soon
