@@ -146,7 +146,7 @@ class BundleProcessor:
         # the R4B base validation of a large transaction runs in the validation pool
         # (fhirgw/validation/parallel.py) while the rest happens here; errors come out as
         # without the pool: the first failing entry's, validation before business rules
-        pending = self._submit_validation(entries)
+        pending = self._submit_validation(req, entries)
         try:
             self._check_entries(req, entries, pending)
         except BaseException:
@@ -169,7 +169,7 @@ class BundleProcessor:
 
         return self.router.repo.run(unit)
 
-    def _submit_validation(self, entries: list[Entry]):
+    def _submit_validation(self, req, entries: list[Entry]):
         """The base validation of the POST/PUT entries, handed to the pool; None (validate
         inline) when there is no pool, too few entries, or the pool is not ready."""
         pool = self.router.validation_pool
@@ -178,17 +178,24 @@ class BundleProcessor:
         writes = [e for e in entries if e.method in ("POST", "PUT")]
         if not pool.wanted(len(writes)):
             return None
+        # the worker reads the resources from the body as received (parsed once more there)
+        # rather than from JSON written again here for each
+        body = req.body if isinstance(req.body, bytes) else None
         items, originals = [], {}
         for e in writes:
             rtype = _write_type(e)
             if rtype not in res.SUPPORTED:
                 continue  # refused by check_type before its base validation
-            try:
-                items.append((e.index, rtype, res.dumps(e.resource)))
-            except Exception:  # e.g. an integer beyond 64 bits: this one inline
-                continue
+            if body is None:
+                try:
+                    raw = res.dumps(e.resource)
+                except Exception:  # e.g. an integer beyond 64 bits: this one inline
+                    continue
+            else:
+                raw = None
+            items.append((e.index, rtype, raw))
             originals[e.index] = (rtype, e.resource)
-        return pool.submit(items, originals)
+        return pool.submit(items, originals, body)
 
     def _check_entries(self, req, entries: list[Entry], pending) -> None:
         """Permissions and validation, outside the database transaction, entry by entry:

@@ -402,20 +402,18 @@ def test_workers_do_not_run_an_unguarded_main_script_again(tmp_path):
 
 
 def _pending(pool, answer, originals):
-    from concurrent.futures import Future
-
     from fhirgw.validation.parallel import PendingValidation, _Chunk
 
-    f = Future()
-    if isinstance(answer, BaseException):
-        f.set_exception(answer)
-    else:
-        f.set_result(answer)
-    return PendingValidation(pool, [_Chunk(sorted(originals), f, None)], originals)
+    def receive():
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    return PendingValidation(pool, [_Chunk(sorted(originals), receive, None)], originals)
 
 
 def test_what_the_workers_cannot_answer_is_validated_inline():
-    from concurrent.futures.process import BrokenProcessPool
+    from fhirgw.validation.parallel import WorkerLost
 
     p = ValidationPool(1, min_entries=1)
     originals = {3: ("Patient", patient(3)), 5: ("Patient", WRONG_TYPE),
@@ -426,7 +424,7 @@ def test_what_the_workers_cannot_answer_is_validated_inline():
         res.validate(WRONG_TYPE, "Patient")
     except errors.FhirError as exc:
         inline = exc
-    for answer in (BrokenProcessPool("gone"), RuntimeError("unpickling"),
+    for answer in (WorkerLost("gone"), RuntimeError("unpickling"),
                    (3, "unexpected", "RuntimeError('worker bug')")):
         found = _pending(p, answer, originals).first_error()
         assert found is not None and found[0] == 5
@@ -451,3 +449,58 @@ def test_prestart_starts_the_worker_with_the_app(tmp_path, prestart):
         assert pool.ready() is prestart
     assert not pool.ready()   # stopped with the app
     app.state.router.repo.engine.dispose()
+
+
+def _items(bodies):
+    return ([(i, "Patient", json.dumps(b).encode()) for i, b in enumerate(bodies)],
+            {i: ("Patient", b) for i, b in enumerate(bodies)})
+
+
+def test_requests_sharing_a_worker_each_get_their_own_answer(pool):
+    """Work goes to the worker in order and answers come back in order; whichever request
+    waits reads them and hands each to its own request (answers nobody reads, of a request
+    that gave up, are dropped by the next reader)."""
+    import threading
+
+    abandoned = pool.submit(*_items([WRONG_TYPE] * 3))
+    abandoned.cancel()
+    bodies = {n: [patient(i) for i in range(12)] for n in range(6)}
+    for n in (1, 4):
+        bodies[n][n + 2] = WRONG_TYPE
+    pending = {n: pool.submit(*_items(b)) for n, b in bodies.items()}
+    assert all(p is not None for p in pending.values())
+    answers = {}
+
+    def wait(n):
+        found = pending[n].first_error()
+        answers[n] = None if found is None else found[0]
+
+    threads = [threading.Thread(target=wait, args=(n,)) for n in reversed(range(6))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers == {0: None, 1: 3, 2: None, 3: None, 4: 6, 5: None}
+    # and the worker goes on answering in step
+    again = pool.submit(*_items([patient(1), WRONG_TYPE]))
+    assert again.first_error()[0] == 1
+
+
+def test_a_bundle_body_is_read_by_the_worker_as_received(pool):
+    """Items without JSON name entries of the Bundle body handed over with them; the worker
+    parses that body as the request did (an integer beyond 64 bits included)."""
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [entry(patient(0)), entry(patient(1)), entry(BIG_INT)]}
+    body = json.dumps(bundle).encode()
+    originals = {i: ("Patient", e["resource"]) for i, e in enumerate(bundle["entry"])}
+    items = [(i, "Patient", None) for i in range(3)]
+    found = pool.submit(items, originals, body).first_error()
+    inline = None
+    try:
+        from fhirgw.model import resources as res
+        res.validate(res.loads(json.dumps(BIG_INT)), "Patient")
+    except errors.FhirError as exc:
+        inline = exc
+    assert found is not None and found[0] == 2
+    assert found[1].outcome() == inline.outcome()
+    assert pool.submit(items[:2], originals, body).first_error() is None
