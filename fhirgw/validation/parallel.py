@@ -171,7 +171,11 @@ def _serve(work: multiprocessing.connection.Connection,
         if not message:
             return
         items, body = pickle.loads(message)
-        answers.send_bytes(pickle.dumps(validate_chunk(items, body), pickle.HIGHEST_PROTOCOL))
+        answer = pickle.dumps(validate_chunk(items, body), pickle.HIGHEST_PROTOCOL)
+        try:
+            answers.send_bytes(answer)
+        except OSError:   # the parent closed its end (stopping): nobody to answer
+            return
 
 
 # ---------------------------------------------------------------- starting workers
@@ -280,18 +284,23 @@ class _Worker:
         try:  # this thread reads, until its own answer arrives
             while not job.done:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._answers.poll(left):
-                    self._fail(f"no answer in {timeout:g} s")
-                    break
                 try:
+                    ready = left > 0 and self._answers.poll(left)
+                    if not ready:
+                        self._fail(f"no answer in {timeout:g} s")
+                        break
                     answer = pickle.loads(self._answers.recv_bytes())
-                except (EOFError, OSError):
-                    self._fail("the worker died")
+                except (EOFError, OSError, ValueError):   # dead, or its pipe closed (stop)
+                    self._fail(self.broken or "the worker died")
                     break
                 except Exception as exc:  # an answer that does not unpickle
                     self._fail(f"an unreadable answer ({exc.__class__.__name__})")
                     break
                 with self._cond:
+                    if not self._inflight:   # out of step with its work: trust it no more
+                        self.broken = "an answer to no work"
+                        self._cond.notify_all()
+                        break
                     head = self._inflight.popleft()
                     head.answer, head.done = answer, True
                     self._cond.notify_all()

@@ -504,3 +504,21 @@ def test_a_bundle_body_is_read_by_the_worker_as_received(pool):
     assert found is not None and found[0] == 2
     assert found[1].outcome() == inline.outcome()
     assert pool.submit(items[:2], originals, body).first_error() is None
+
+
+def test_closing_the_pool_under_a_waiting_request_falls_back_inline():
+    """A request waiting for its answer while the pool stops (shutdown) gets its entries
+    validated inline, without an error of its own."""
+    import threading
+
+    p = ValidationPool(1, min_entries=1)
+    assert p.start(wait=120)
+    items, originals = _items([patient(i) for i in range(400)] + [WRONG_TYPE])
+    pending = p.submit(items, originals)
+    assert pending is not None
+    closer = threading.Timer(0.01, p.close)
+    closer.start()
+    found = pending.first_error()
+    closer.join()
+    assert found is not None and found[0] == 400
+    assert not p.ready() and p.worker_pids() == []
