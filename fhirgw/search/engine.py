@@ -18,7 +18,7 @@ from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.engine import Connection
 
 from ..model.errors import BadRequest, Issue
-from ..model.resources import loads
+from ..model.resources import RESOURCE_TYPES, loads
 from ..store.tables import resource, sp_reference
 from .extract import Indexer
 from .parse import QueryParser, SearchQuery
@@ -201,6 +201,20 @@ class SearchEngine:
                 n = conn.execute(self.compiler.has_inner_rows(crit, self.HAS_BROAD)).scalar_one()
                 crit.broad = n >= self.HAS_BROAD
 
+    def _referring(self, inc) -> list[tuple[str, list[str]]]:
+        """(type, its reference parameters) a ``_revinclude`` directive reads: its own, or
+        for a ``*`` every reference parameter of its source type (or of every type: the
+        index rows hold whatever type a reference names, declared target or not)."""
+        if inc.source_type and inc.param != "*":
+            return [(inc.source_type, [inc.param])]
+        out = []
+        for src in ((inc.source_type,) if inc.source_type else RESOURCE_TYPES):
+            codes = sorted(code for code, sp in self.registry.params_for(src).items()
+                           if sp.type == "reference")
+            if codes:
+                out.append((src, codes))
+        return out
+
     def _sort_keys(self, query: SearchQuery, r: RCols, types, pg: bool) -> list[tuple[Any, bool]]:
         out = []
         for key in query.sort:
@@ -253,15 +267,20 @@ class SearchEngine:
                     by_type.setdefault(t, []).append(i)
                 for inc in directives_rev:
                     ref = sp_reference.alias()
-                    where = [or_(*[and_(ref.c.target_type == t, ref.c.target_id.in_(ids))
-                                   for t, ids in by_type.items()])]
-                    if inc.source_type:
-                        where.append(ref.c.res_type == inc.source_type)
-                    if inc.param != "*":
-                        where.append(ref.c.param == inc.param)
-                    if inc.target_type:
-                        where.append(ref.c.target_type == inc.target_type)
-                    ors.append(c.rid.in_(select(ref.c.rid).where(*where)))
+                    # one lookup per referring (type, parameter) that may point at the
+                    # sources' types, through the value index (res_type, param, target_id):
+                    # there is no index by target alone (it cost every write a B-tree insert
+                    # per reference)
+                    terms = [
+                        and_(ref.c.res_type == src,
+                             ref.c.param == codes[0] if len(codes) == 1
+                             else ref.c.param.in_(codes),
+                             ref.c.target_type == t, ref.c.target_id.in_(ids))
+                        for src, codes in self._referring(inc)
+                        for t, ids in by_type.items()
+                        if inc.target_type in (None, t)]
+                    if terms:
+                        ors.append(c.rid.in_(select(ref.c.rid).where(or_(*terms))))
             if not ors:
                 break
             remaining = MAX_INCLUDES - total

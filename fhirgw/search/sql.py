@@ -247,9 +247,9 @@ class SqlCompiler:
     def _has(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
         """``_has:Type:param:inner=x``. A selective inner criterion lists the ids its
         referrers point at (``res_id IN``); a broad one (``crit.broad``, from the engine's
-        probe) is checked per candidate row from the row's id through the
-        (target_type, target_id) index, so a first page stops at its first matches instead
-        of listing hundreds of thousands of referrers."""
+        probe) is checked per candidate row from the row's id through the value index
+        (res_type, param, target_id, target_type), so a first page stops at its first
+        matches instead of listing hundreds of thousands of referrers."""
         ref = sp_reference.alias()
         src = RCols(resource.alias())
         target_type = types[0] if len(types) == 1 else r.res_type

@@ -92,6 +92,24 @@ def test_include_and_revinclude(world):
     assert page.included == []
 
 
+def test_revinclude_wildcards(world):
+    """``*`` as the parameter (or the whole directive) reads every reference parameter of
+    the source type (of every type): each a lookup by (type, parameter, target)."""
+    page = _page(world, "Patient", "_id=p1&_revinclude=Observation:*")
+    assert {(t, i) for t, i, _ in page.included} == {("Observation", "o0"), ("Observation", "o1")}
+    page = _page(world, "Practitioner", "_id=dr&_revinclude=*")
+    assert {(t, i) for t, i, _ in page.included} == {
+        ("Appointment", "a1"), ("Observation", "o0"), ("Observation", "o1"),
+        ("Observation", "o2"), ("Provenance", "prov1")}
+    page = _page(world, "Patient", "_id=p1,p2&_revinclude=*")
+    assert {(t, i) for t, i, _ in page.included} == {
+        ("Appointment", "a1"), ("Appointment", "a2"), ("ServiceRequest", "sr1"),
+        ("Task", "t1"), ("Task", "t2"), ("Observation", "o0"), ("Observation", "o1"),
+        ("Observation", "o2")}
+    page = _page(world, "Patient", "_id=p1&_revinclude=Task:*:Patient")
+    assert {(t, i) for t, i, _ in page.included} == {("Task", "t1")}
+
+
 def test_include_iterate(world):
     page = _page(world, "Observation", "_id=o0&_include=Observation:patient"
                                         "&_include:iterate=Patient:organization")

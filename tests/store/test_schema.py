@@ -43,6 +43,21 @@ def test_text_and_url_indexes_are_partial_and_used(engine):
         assert "ix_sp_token_text" in plan
 
 
+def test_references_are_looked_up_by_target_through_the_value_index(engine):
+    """Migration 0006 dropped the index by target alone: lookups by target name the
+    referring type and parameter, and use (res_type, param, target_id, target_type)."""
+    names = {i["name"] for i in inspect(engine).get_indexes("sp_reference")}
+    assert "ix_sp_reference_target" not in names
+    assert "ix_sp_reference_value" in names
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT rid FROM sp_reference WHERE res_type = 'Observation'"
+                " AND param IN ('patient', 'subject') AND target_type = 'Patient'"
+                " AND target_id IN ('a', 'b')").all())
+        assert "ix_sp_reference_value" in plan and "SCAN" not in plan
+
+
 def test_index_columns_are_the_tables_without_rid_in_order():
     from fhirgw.store.tables import INDEX_COLUMNS, INDEX_TABLES
 
@@ -99,3 +114,29 @@ def _check_c_collation(engine, migrate):
     found = repo.run(lambda tx: tx.search("Patient", [("_has:Observation:subject:status",
                                                        "final")]), write=False)
     assert len(found) == 1
+
+
+def test_an_existing_database_loses_the_target_index_on_upgrade(db_url):
+    """A database made before migration 0006 has the index; starting the gateway (which
+    migrates) drops it, and a downgrade brings it back."""
+    from alembic import command
+    from alembic.config import Config
+
+    from fhirgw.store.db import MIGRATIONS, make_engine, migrate
+
+    eng = make_engine(db_url)
+    try:
+        migrate(eng)
+        cfg = Config()
+        cfg.set_main_option("script_location", MIGRATIONS)
+        with eng.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005")
+            conn.commit()
+        assert "ix_sp_reference_target" in {
+            i["name"] for i in inspect(eng).get_indexes("sp_reference")}
+        migrate(eng)
+        assert "ix_sp_reference_target" not in {
+            i["name"] for i in inspect(eng).get_indexes("sp_reference")}
+    finally:
+        eng.dispose()
