@@ -147,12 +147,9 @@ class BundleProcessor:
         # (fhirgw/validation/parallel.py) while the rest happens here; errors come out as
         # without the pool: the first failing entry's, validation before business rules
         pending = self._submit_validation(req, entries)
-        try:
-            self._check_entries(req, entries, pending)
-        except BaseException:
-            if pending is not None:
-                pending.cancel()
-            raise
+        # an answer nobody reads (this request failed here) is dropped by the next request
+        # reading that worker's answers
+        self._check_entries(req, entries, pending)
 
         def unit(tx: Tx):
             try:

@@ -159,7 +159,7 @@ def _serve(work: multiprocessing.connection.Connection,
            answers: multiprocessing.connection.Connection) -> None:
     """A worker's life: warm up, say so (its pid), then answer each message of work
     ``(items, body)`` with ``validate_chunk``'s answer, in order, until the parent closes
-    its end of the pipe (or sends an empty message)."""
+    its end of the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the server; it closes us
     _worker_start()
     answers.send_bytes(pickle.dumps(os.getpid()))
@@ -167,8 +167,6 @@ def _serve(work: multiprocessing.connection.Connection,
         try:
             message = work.recv_bytes()
         except (EOFError, OSError):
-            return
-        if not message:
             return
         items, body = pickle.loads(message)
         answer = pickle.dumps(validate_chunk(items, body), pickle.HIGHEST_PROTOCOL)
@@ -410,10 +408,6 @@ class PendingValidation:
             if found is not None:
                 return found if upto is None or found[0] <= upto else None
         return None
-
-    def cancel(self) -> None:
-        """Nobody will read the answers (the request failed for another reason): nothing
-        to do, the next request to wait on the worker reads and drops them."""
 
     def _resolve(self, chunk: _Chunk) -> Found:
         if chunk.resolved:
