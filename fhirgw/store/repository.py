@@ -296,16 +296,13 @@ class Repository:
                 with self.connect(write=write) as conn:
                     tx = Tx(self, conn)
                     result = fn(tx)
-                    if tx.written:
-                        try:
+                    try:
+                        if tx.written:
                             for rule in self.rules:
                                 rule.before_commit(tx)
-                        except Exception:
-                            for check in tx.commit_checks:   # their error comes first
-                                check()
-                            raise
-                    for check in tx.commit_checks:
-                        check()
+                    finally:   # also after a rule failed: then a check's error comes first
+                        for check in tx.commit_checks:
+                            check()
             except DBAPIError as exc:
                 attempt += 1
                 if attempt > self.max_retries or not self._retryable(exc):
