@@ -295,13 +295,13 @@ class _Worker:
                     self._fail(f"an unreadable answer ({exc.__class__.__name__})")
                     break
                 with self._cond:
-                    if not self._inflight:   # out of step with its work: trust it no more
-                        self.broken = "an answer to no work"
+                    head = self._inflight.popleft() if self._inflight else None
+                    if head is not None:
+                        head.answer, head.done = answer, True
                         self._cond.notify_all()
-                        break
-                    head = self._inflight.popleft()
-                    head.answer, head.done = answer, True
-                    self._cond.notify_all()
+                if head is None:   # out of step with its work: trust it no more
+                    self._fail("an answer to no work")
+                    break
         finally:
             with self._cond:
                 self._reader = False
