@@ -7,7 +7,10 @@ needs to validate the same resources (what every write must pay); the ratio gate
 the gateway's total cost per resource (HTTP, JSON, references, indexing, SQL, commit) in
 units of that floor. Target: <= 2x.
 
-    .venv/bin/python benchmarks/ingest.py [--resources 10000] [--bundle-size 100]
+    .venv/bin/python benchmarks/ingest.py [--resources 10000] [--bundle-size 100] [--rounds 3]
+
+Each round measures the floor again and then runs each database against a fresh one; the
+figures are the medians of the rounds, each run compared with its own round's floor.
 """
 from __future__ import annotations
 
@@ -223,55 +226,92 @@ def run_gateway(db_url: str, payloads: list[bytes], per_bundle: int) -> dict:
             else f"search failed: {check.status_code} {check.text[:300]}"}
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--resources", type=int, default=10_000)
     ap.add_argument("--bundle-size", type=int, default=100)
     ap.add_argument("--databases", default="sqlite,postgresql")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of (floor, each database); figures are the medians")
     args = ap.parse_args(argv)
 
     bundles = make_bundles(args.resources, args.bundle_size)
     payloads = [bundle_bytes(b) for b in bundles]
     total = sum(len(b) for b in bundles)
     mb = sum(len(p) for p in payloads) / 1e6
+    dbs = [db.strip() for db in args.databases.split(",") if db.strip()]
     print(f"ingest: {total} resources in {len(payloads)} transaction Bundles "
-          f"({args.bundle_size} entries, {mb:.1f} MB)")
-    floor = measure_floor(bundles)
-    print(f"  floor (fhir.resources R4B model_validate only): {floor:.2f} s, "
-          f"{total / floor:,.0f} resources/s")
+          f"({args.bundle_size} entries, {mb:.1f} MB), {args.rounds} round(s)")
 
+    # each round measures the floor again right before its gateway runs, and each run is
+    # compared with its own round's floor: on a shared host the machine's speed drifts by
+    # more than the differences being measured, within minutes
+    rounds: list[dict] = []
+    for n in range(1, max(1, args.rounds) + 1):
+        floor = measure_floor(bundles)
+        print(f"  round {n}: floor (fhir.resources R4B model_validate only) {floor:.2f} s, "
+              f"{total / floor:,.0f} resources/s", flush=True)
+        this = {"floor_seconds": round(floor, 3),
+                "floor_resources_per_second": round(total / floor), "runs": {}}
+        for db in dbs:
+            ctx = sqlite_database() if db == "sqlite" else pg_database()
+            with ctx as url:
+                if url is None:
+                    continue
+                run = run_gateway(url, payloads, args.bundle_size)
+            run["resources_per_second"] = round(total / run["seconds"])
+            run["ratio_to_floor"] = round(run["seconds"] / floor, 2)
+            this["runs"][db] = run
+            print(f"  round {n}: {db}: {run['seconds']:.2f} s, "
+                  f"{run['resources_per_second']:,} resources/s, "
+                  f"{run['ratio_to_floor']:.2f}x floor (bundle p50 {run['bundle_p50_ms']} ms, "
+                  f"p95 {run['bundle_p95_ms']} ms; PHQ-9 Observations found by search: "
+                  f"{run['observations_found']}, expected {total // PER_CLIENT + 1})",
+                  flush=True)
+        rounds.append(this)
+
+    floors = [r["floor_seconds"] for r in rounds]
+    floor = _median(floors)
     results = {"resources": total, "bundle_size": args.bundle_size, "payload_mb": round(mb, 2),
-               "floor_seconds": round(floor, 3),
+               "rounds": rounds, "floor_seconds": round(floor, 3),
                "floor_resources_per_second": round(total / floor), "runs": {}}
     rows = [["fhir.resources R4B validate (floor)", f"{total / floor:,.0f}", f"{floor:.2f}",
-             "1.00x", "", ""]]
-    for db in args.databases.split(","):
-        db = db.strip()
-        ctx = sqlite_database() if db == "sqlite" else pg_database()
-        with ctx as url:
-            if url is None:
-                continue
-            print(f"  {db}: posting ...", flush=True)
-            run = run_gateway(url, payloads, args.bundle_size)
-        run["resources_per_second"] = round(total / run["seconds"])
-        run["ratio_to_floor"] = round(run["seconds"] / floor, 2)
-        results["runs"][db] = run
-        print(f"  {db}: {run['seconds']:.2f} s, {run['resources_per_second']:,} resources/s, "
-              f"{run['ratio_to_floor']:.2f}x floor (bundle p50 {run['bundle_p50_ms']} ms, "
-              f"p95 {run['bundle_p95_ms']} ms; PHQ-9 Observations found by search: "
-              f"{run['observations_found']}, expected {total // PER_CLIENT + 1})")
+             "1.00x", "", "", ""]]
+    for db in dbs:
+        runs = [r["runs"][db] for r in rounds if db in r["runs"]]
+        if not runs:
+            continue
+        ratios = [run["ratio_to_floor"] for run in runs]
+        seconds = _median([run["seconds"] for run in runs])
+        summary = {
+            "seconds": round(seconds, 3),
+            "resources_per_second": round(total / seconds),
+            "ratio_to_floor": round(_median(ratios), 2),
+            "ratio_range": [min(ratios), max(ratios)],
+            "bundle_p50_ms": round(_median([run["bundle_p50_ms"] for run in runs]), 1),
+            "bundle_p95_ms": round(_median([run["bundle_p95_ms"] for run in runs]), 1),
+            "observations_found": runs[-1]["observations_found"]}
+        results["runs"][db] = summary
+        spread = (f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else "")
         rows.append([f"fhirgw on {'SQLite' if db == 'sqlite' else 'PostgreSQL'}",
-                     f"{run['resources_per_second']:,}", f"{run['seconds']:.2f}",
-                     f"{run['ratio_to_floor']:.2f}x", run["bundle_p50_ms"], run["bundle_p95_ms"]])
+                     f"{summary['resources_per_second']:,}", f"{seconds:.2f}",
+                     f"{summary['ratio_to_floor']:.2f}x", spread,
+                     summary["bundle_p50_ms"], summary["bundle_p95_ms"]])
     path = write_results("ingest", results)
     print()
     print(f"Ingest of {total:,} IOP resources as {len(payloads)} transaction Bundles of "
-          f"{args.bundle_size} (target: gateway <= 2x the validation floor)\n")
-    print(markdown_table(["", "resources/s", "seconds", "vs floor", "bundle p50 ms",
-                          "bundle p95 ms"], rows))
+          f"{args.bundle_size} (target: gateway <= 2x the validation floor); medians of "
+          f"{len(rounds)} round(s), each run against its own round's floor\n")
+    print(markdown_table(["", "resources/s", "seconds", "vs floor", "range",
+                          "bundle p50 ms", "bundle p95 ms"], rows))
     print(f"\nresults: {path}")
-    worst = max((r["ratio_to_floor"] for r in results["runs"].values()), default=0)
-    return 0 if worst <= 2 else 0  # figures, not a gate: exit 0 either way
+    return 0  # figures, not a gate
 
 
 if __name__ == "__main__":
