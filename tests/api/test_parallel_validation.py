@@ -506,6 +506,49 @@ def test_a_bundle_body_is_read_by_the_worker_as_received(pool):
     assert pool.submit(items[:2], originals, body).first_error() is None
 
 
+#: Bundle bodies whose numbers orjson and res.loads read differently, or alike
+_NUMBER_BODIES = {
+    "integer beyond 64 bits": b'{"resourceType": "Patient", "multipleBirthInteger": '
+                              b'123456789012345678901234567}',
+    "2**63, 19 digits": b'{"resourceType": "Patient", "multipleBirthInteger": '
+                        b'9223372036854775808}',
+    "18 digits": b'{"resourceType": "Patient", "multipleBirthInteger": 123456789012345678}',
+    "exponent for an integer": b'{"resourceType": "Patient", "multipleBirthInteger": 1e2}',
+    "decimal with a trailing zero": b'{"resourceType": "Observation", "status": "final", '
+                                    b'"code": {"text": "x"}, "valueQuantity": {"value": 72.50}}',
+    "decimal with an exponent": b'{"resourceType": "Observation", "status": "final", '
+                                b'"code": {"text": "x"}, "valueQuantity": {"value": 1.0E+2}}',
+    "20 digits in a string": b'{"resourceType": "Patient", "identifier": '
+                             b'[{"value": "12345678901234567890"}], "active": "yes"}',
+    "a boolean as a string": b'{"resourceType": "Patient", "active": "true"}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(_NUMBER_BODIES))
+def test_the_worker_reads_a_body_as_the_request_did(case):
+    """A worker parses the Bundle body with orjson unless a run of 19 digits (an integer
+    beyond 64 bits, which orjson reads as a float) sends it to ``res.loads``; either way its
+    verdict on each entry is the one inline validation gives the request's parse."""
+    from fhirgw.model import resources as res
+    from fhirgw.validation.parallel import validate_chunk
+
+    raw = _NUMBER_BODIES[case]
+    rtype = json.loads(raw)["resourceType"]
+    body = b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": ' + \
+        raw + b', "request": {"method": "POST", "url": "' + rtype.encode() + b'"}}]}'
+    inline = None
+    try:
+        res.validate(res.loads(body)["entry"][0]["resource"], rtype)
+    except errors.FhirError as exc:
+        inline = exc
+    found = validate_chunk([(0, rtype, None)], body)
+    if inline is None:
+        assert found is None
+    else:
+        assert found is not None and found[:2] == (0, "invalid")
+        assert rebuild_error(found[2]).outcome() == inline.outcome()
+
+
 def test_closing_the_pool_under_a_waiting_request_falls_back_inline():
     """A request waiting for its answer while the pool stops (shutdown) gets its entries
     validated inline, without an error of its own."""
