@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 
 from sqlalchemy import create_engine, event
@@ -31,9 +32,32 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+#: parameter types the sqlite3 module binds only after asking for an adapter, and the C
+#: callables that hand each over unchanged (a bool as its int): NULL index columns, the
+#: ``deleted`` flags, the bodies
+_PASS_THROUGH = {type(None): {}.get, bool: int, bytes: bytes}
+
+
+def bind_directly() -> None:
+    """Let the sqlite3 module bind None, bool and bytes without its adapter search.
+
+    It binds int, float and str directly; any other value it first looks up in its adapter
+    registry, then asks the ``PrepareProtocol`` type for ``__adapt__`` (a failed attribute
+    lookup on a type formats an AttributeError message, which is then dropped) and the value
+    for ``__conform__``: ~3,300 instructions a value. A 100-resource transaction binds
+    ~1,300 such values (NULL columns of index rows, flags, bodies): 3.7% of the server's
+    instructions per Bundle (callgrind). A registered C callable is found by the first
+    lookup. What is stored does not change (NULL, an integer, a BLOB). Process-wide, as the
+    registry is; a type someone registered an adapter for is left alone."""
+    for cls, adapter in _PASS_THROUGH.items():
+        if (cls, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+            sqlite3.register_adapter(cls, adapter)
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
+        bind_directly()
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                pool_size=pool_size, max_overflow=20)
 
