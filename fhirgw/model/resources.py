@@ -60,13 +60,23 @@ class RawDecimal(float):
 # ``}``), so digits inside strings (uuids, dates, times) do not count; a string such as
 # ``"v: 1.50,"`` only costs the slower parse.
 _NUMBER = re.compile(rb"[:\[,]\s*-?(\d[\d.eE+\-]*)(?=\s*[,\]}])")
+# the same search with one separator, ``:`` (``,`` and ``[`` become ``:`` first, by
+# ``_ONE_SEPARATOR``): the regular expression engine looks for a pattern that begins with one
+# literal character by comparing bytes, and tests every byte against the set of three
+# otherwise, which made the search 6.5% of the server's instructions on the ingest
+# benchmark (callgrind). Its matches are a superset of ``_NUMBER``'s at the same starts (a
+# ``:`` after a number also counts as its end here); each is checked with ``_NUMBER``.
+_ONE_SEPARATOR = bytes.maketrans(b",[", b"::")
+_NUMBER_CANDIDATE = re.compile(rb":\s*-?\d[\d.eE+\-]*(?=\s*[:\]}])")
 
 
 def has_lossy_numbers(body: bytes) -> bool:
     """Does ``body`` hold a JSON number a float would change? Only the numbers are looked
-    at (a value after ``:``, ``[`` or ``,`` that ends where a JSON number ends), three times
-    faster than one regular expression trying every position of a large Bundle."""
-    for m in _NUMBER.finditer(body):
+    at (a value after ``:``, ``[`` or ``,`` that ends where a JSON number ends)."""
+    for candidate in _NUMBER_CANDIDATE.finditer(body.translate(_ONE_SEPARATOR)):
+        m = _NUMBER.match(body, candidate.start())
+        if m is None:
+            continue
         tok = m.group(1)
         if b"e" in tok or b"E" in tok or (b"." in tok and tok.endswith(b"0")):
             return True

@@ -19,6 +19,40 @@ def test_raw_decimal_is_a_float():
     assert v == 72.5 and isinstance(v, float)
 
 
+def _lossy_by_definition(body: bytes) -> bool:
+    """has_lossy_numbers as its definition reads: every number token after ``:``, ``[`` or
+    ``,``, tested one by one."""
+    import re
+    for m in re.finditer(rb"[:\[,]\s*-?(\d[\d.eE+\-]*)(?=\s*[,\]}])", body):
+        tok = m.group(1)
+        if b"e" in tok or b"E" in tok or (b"." in tok and tok.endswith(b"0")):
+            return True
+        if sum(48 <= c <= 57 for c in tok) >= 16:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("body", [
+    b'{"v":72.50}', b'{"v":72.5}', b'{"a":[1,2.0]}', b'[1e3]', b'{"v": -1.5E+2 }',
+    b'{"t":"17:00:00","u":"urn:uuid:1e5f0000-0000-0000-0000-000000000000"}',
+    b'{"v":"x:1.50,"}', b'{"v":1234567890123456}', b'{"v":123456789012345}',
+    b'{"v":12345678.12345678}', b'{"a":1,"b":[10,20],"c":{"d":30}}', b'{"v":1:2}',
+    b'{"v":\n  2.50\n}', b'[\t1.0\t,2]', b'{"v":1.5,"w":2.50}'])
+def test_lossy_numbers_as_defined(body):
+    assert r.has_lossy_numbers(body) == _lossy_by_definition(body)
+
+
+def test_lossy_numbers_as_defined_on_random_text():
+    """The search through one separator finds what the definition finds, on random text
+    made of what numbers and their surroundings are made of."""
+    import random
+    rng = random.Random(20261129)
+    alphabet = b'0123456789.eE+-:,[]{}" \n\tax'
+    for _ in range(20_000):
+        body = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        assert r.has_lossy_numbers(body) == _lossy_by_definition(body), body
+
+
 def test_bad_json_is_bad_request():
     with pytest.raises(BadRequest):
         r.loads(b"{nope")
