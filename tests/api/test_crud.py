@@ -186,6 +186,27 @@ def test_method_not_allowed(client):
     assert "allowed" in r.json()["issue"][0]["diagnostics"]
 
 
+def test_routes_answer_alike_when_remembered(client):
+    """Router.match remembers paths it matched: the second answer is the first (errors
+    included), and a caller changing the path variables it got changes nothing after."""
+    from fhirgw.model.errors import FhirError
+    from fhirgw.rest.router import Router
+    router = Router.__new__(Router)   # matching needs none of its state
+    for path in ("Patient/abc/_history/2", "Patient", "Patient/abc", "Nope/abc", "Patient/$x"):
+        for method in ("GET", "POST", "HEAD"):
+            answers = []
+            for _ in range(2):
+                try:
+                    name, params = router.match(method, path)
+                    answers.append((name, dict(params)))
+                    params["id"] = "changed"
+                except FhirError as exc:
+                    answers.append((type(exc).__name__, exc.status, str(exc)))
+            assert answers[0] == answers[1], (method, path)
+    assert router.match("GET", "/Patient/abc/_history/2/") == (
+        "vread", {"type": "Patient", "id": "abc", "vid": "2"})
+
+
 def test_metadata_lists_every_type(client):
     cs = client.get("/fhir/metadata").json()
     assert cs["fhirVersion"] == "4.0.1"
