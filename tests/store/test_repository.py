@@ -203,6 +203,50 @@ def test_bulk_insert_errors_are_sqlalchemy_errors(engine, copy_min, monkeypatch)
         ["dup", "p2"]
 
 
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 5, 17, 64, 255, 256, 341, 600])
+@pytest.mark.parametrize("limit", [None, 13])
+def test_sqlite_multi_row_inserts_keep_rows_and_order(sqlite_url, count, limit):
+    """SQLite batches take rows 256, 64, 16 and 4 at a time (within the driver's limit on
+    parameters), the rest one by one: every row arrives as given, in order."""
+    import sqlite3
+
+    from sqlalchemy import text
+
+    from fhirgw.store.bulk import Batch
+    from fhirgw.store.db import make_engine, migrate
+
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    rows = [(i, "Patient", "p", f"s{i % 7}" if i % 3 else None, f"c{i}", "t" if i % 2 else None)
+            for i in range(count)]
+    with engine.begin() as conn:
+        if limit is not None:   # room for 2 rows of 6 columns: one by one only
+            conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER,
+                                                       limit)
+        Batch(conn).insert("sp_token", ("rid", "res_type", "param", "system", "code", "text"),
+                           rows).run()
+        got = conn.execute(text("SELECT rid, res_type, param, system, code, text FROM sp_token "
+                                "ORDER BY rowid")).all()
+    assert [tuple(r) for r in got] == rows
+    engine.dispose()
+
+
+def test_sqlite_multi_row_insert_errors_are_sqlalchemy_errors(sqlite_url):
+    from sqlalchemy.exc import IntegrityError
+
+    from fhirgw.store.bulk import Batch
+    from fhirgw.store.db import make_engine, migrate
+
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    rows = [(i, "Patient", "p", None, "c", None) for i in range(70)]
+    rows[40] = (None, "Patient", "p", None, "c", None)   # rid may not be NULL
+    with engine.begin() as conn, pytest.raises(IntegrityError):
+        Batch(conn).insert("sp_token", ("rid", "res_type", "param", "system", "code", "text"),
+                           rows).run()
+    engine.dispose()
+
+
 class Extracting:
     """A search engine stand-in whose extraction can be made to fail on one resource."""
 
