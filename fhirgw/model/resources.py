@@ -65,9 +65,11 @@ _NUMBER = re.compile(rb"[:\[,]\s*-?(\d[\d.eE+\-]*)(?=\s*[,\]}])")
 # literal character by comparing bytes, and tests every byte against the set of three
 # otherwise, which made the search 6.5% of the server's instructions on the ingest
 # benchmark (callgrind). Its matches are a superset of ``_NUMBER``'s at the same starts (a
-# ``:`` after a number also counts as its end here); each is checked with ``_NUMBER``.
+# ``:`` after a number also counts as its end here); each is checked with ``_NUMBER``. The
+# lookahead after the ``:`` (what ``\s*-?\d`` can begin with) turns most separators away
+# (before a string, an object, an array) before the engine sets up the repeats: -39%.
 _ONE_SEPARATOR = bytes.maketrans(b",[", b"::")
-_NUMBER_CANDIDATE = re.compile(rb":\s*-?\d[\d.eE+\-]*(?=\s*[:\]}])")
+_NUMBER_CANDIDATE = re.compile(rb":(?=[\s\d\-])\s*-?\d[\d.eE+\-]*(?=\s*[:\]}])")
 
 
 def has_lossy_numbers(body: bytes) -> bool:
