@@ -84,6 +84,8 @@ RESULT_TIMEOUT = 30.0
 START_TIMEOUT = 120.0
 #: fewest items per chunk (smaller chunks cost more in hand-off than they save)
 MIN_CHUNK = 10
+#: most of a request's items its own thread may validate (see ``ValidationPool.balance``)
+MAX_INLINE_SHARE = 0.5
 #: bytes of work a worker's pipe holds (Linux ``F_SETPIPE_SZ``, best effort): a request
 #: handing work to a busy worker does not wait for it to read (a 100-entry Bundle is ~300 KB)
 PIPE_BYTES = 1 << 20
@@ -176,8 +178,8 @@ def validate_chunk(items: list[Item], body: bytes | None = None) -> tuple[int, s
 def _serve(work: multiprocessing.connection.Connection,
            answers: multiprocessing.connection.Connection) -> None:
     """A worker's life: warm up, say so (its pid), then answer each message of work
-    ``(items, body)`` with ``validate_chunk``'s answer, in order, until the parent closes
-    its end of the pipe."""
+    ``(items, body)`` with ``validate_chunk``'s answer and when it began and ended that work
+    (``time.monotonic``), in order, until the parent closes its end of the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the server; it closes us
     _worker_start()
     answers.send_bytes(pickle.dumps(os.getpid()))
@@ -187,7 +189,9 @@ def _serve(work: multiprocessing.connection.Connection,
         except (EOFError, OSError):
             return
         items, body = pickle.loads(message)
-        answer = pickle.dumps(validate_chunk(items, body), pickle.HIGHEST_PROTOCOL)
+        started = time.monotonic()   # one clock for every process of the machine
+        found = validate_chunk(items, body)
+        answer = pickle.dumps((found, started, time.monotonic()), pickle.HIGHEST_PROTOCOL)
         try:
             answers.send_bytes(answer)
         except OSError:   # the parent closed its end (stopping): nobody to answer
@@ -394,7 +398,7 @@ def _inline(indices: list[int], originals: Mapping[int, tuple[str, Any]]) -> Fou
 class _Chunk:
     """Some entries' validation: ``answer()`` waits for the worker's answer (raising
     WorkerLost when there will be none)."""
-    __slots__ = ("indices", "answer", "owner", "found", "resolved")
+    __slots__ = ("indices", "answer", "owner", "found", "resolved", "started", "finished")
 
     def __init__(self, indices: list[int], answer, owner: _Workers | None) -> None:
         self.indices = indices
@@ -402,6 +406,9 @@ class _Chunk:
         self.owner = owner
         self.found: Found = None
         self.resolved = False
+        #: when the worker began and ended this chunk (None: it did not answer)
+        self.started: float | None = None
+        self.finished: float | None = None
 
 
 class PendingValidation:
@@ -410,15 +417,33 @@ class PendingValidation:
     unit of work) does not wait again."""
 
     def __init__(self, pool: "ValidationPool", chunks: list[_Chunk],
-                 originals: Mapping[int, tuple[str, Any]]) -> None:
+                 originals: Mapping[int, tuple[str, Any]], kept: int = 0) -> None:
         self.pool = pool
+        #: how many of the request's items it kept to validate itself
+        self.kept = kept
         self.chunks = chunks  # contiguous, ascending ranges of entry indices
         self.originals = originals
         self.indices = frozenset(i for c in chunks for i in c.indices)
+        self.settled = False
 
     def first_error(self, upto: int | None = None) -> Found:
         """The failing entry with the lowest index (at most ``upto``), waiting for the
-        answers that decide it; None when those entries are all valid."""
+        answers that decide it; None when those entries are all valid. Asked for every
+        entry (``upto`` None: the request's last look, before it commits), it also tells the
+        pool how the request's wait and the workers' work lined up (``balance``)."""
+        asked = time.monotonic() if upto is None and not self.settled else None
+        found = self._first(upto)
+        if asked is not None:
+            self.settled = True
+            done = [c for c in self.chunks if c.finished is not None]
+            if done and len(done) == len(self.chunks):
+                work = sum(c.finished - c.started for c in done)
+                items = sum(len(c.indices) for c in done)
+                self.pool.balance(asked - max(c.finished for c in done), work / items,
+                                  items + self.kept)
+        return found
+
+    def _first(self, upto: int | None) -> Found:
         for chunk in self.chunks:
             if upto is not None and chunk.indices[0] > upto:
                 return None
@@ -433,7 +458,7 @@ class PendingValidation:
         out: Any = None
         inline = True  # unless the worker answered
         try:
-            out = chunk.answer()
+            out, chunk.started, chunk.finished = chunk.answer()
             inline = False
         except WorkerLost as exc:
             self.pool.lost(chunk.owner, str(exc), kill=True)
@@ -472,6 +497,8 @@ class ValidationPool:
         #: Bundles validated in the pool, and hand-offs that had to fall back inline
         self.submitted = 0
         self.fallbacks = 0
+        #: the share of a request's items its own thread validates (``balance``)
+        self.inline_share = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -592,17 +619,42 @@ class ValidationPool:
         self.start()
         return False
 
+    def balance(self, slack: float, per_item: float, items: int) -> None:
+        """Move work between the workers and the requests' own threads, after a request
+        that handed ``items`` entries over (some kept, see ``submit``) asked for the
+        answers ``slack`` seconds after the workers were done (negative: it waited), at
+        ``per_item`` seconds of the workers' time per entry.
+
+        A request's thread has work of its own meanwhile (rules, references, index rows,
+        SQL); when the worker takes longer, the request waits with a core idle, so it keeps
+        the last entries to validate itself (``inline_share``, at most
+        ``MAX_INLINE_SHARE``), and gives them back when the worker has time to spare.
+        Half the difference moves: the entries kept cost the request's thread about what
+        they cost the worker, so the two meet in the middle; each step goes half way
+        again, which damps the noise of single requests."""
+        if items <= 0 or per_item <= 0:
+            return
+        move = -slack / (2 * per_item) / items   # as a share of the request's items
+        with self._lock:
+            share = self.inline_share + move / 2
+            self.inline_share = min(MAX_INLINE_SHARE, max(0.0, share))
+
     def submit(self, items: list[Item], originals: Mapping[int, tuple[str, Any]],
                body: bytes | None = None) -> PendingValidation | None:
         """Hand ``items`` (ascending entry indices) to the workers, in one contiguous chunk
-        per worker, the least busy first. ``body``: the Bundle the items without JSON come
-        from (see ``Item``). ``originals`` maps each index to (type, parsed resource), for
-        inline validation when the pool fails. None when the pool cannot take them now."""
+        per worker, the least busy first, but for the last ``inline_share`` of them, which
+        the request validates itself (they are not in ``PendingValidation.indices``).
+        ``body``: the Bundle the items without JSON come from (see ``Item``). ``originals``
+        maps each index to (type, parsed resource), for inline validation when the pool
+        fails. None when the pool cannot take them now."""
         if not items or not self.wanted(len(items)):
             return None
         running = self._running
         if running is None:
             return None
+        kept = min(len(items) - 1, int(len(items) * self.inline_share))
+        if kept:
+            items = items[:len(items) - kept]
         parts = max(1, min(len(running.workers), len(items) // MIN_CHUNK))
         size = -(-len(items) // parts)
         workers = sorted(running.workers, key=lambda w: w.load)
@@ -619,7 +671,7 @@ class ValidationPool:
             self.lost(running, f"a worker could not take work ({exc})", kill=True)
             return None
         self.submitted += 1
-        return PendingValidation(self, chunks, originals)
+        return PendingValidation(self, chunks, originals, kept)
 
 
 def _answer(worker: _Worker, job: _Job, timeout: float):

@@ -29,15 +29,23 @@ P0 = "urn:uuid:9b1c5a0e-0000-4000-8000-000000000000"
 
 
 @pytest.fixture(scope="module")
-def pool():
+def module_pool():
     p = ValidationPool(1, min_entries=1, retry_after=0.1)
     assert p.start(wait=120), "the validation worker did not start"
     yield p
     p.close()
 
 
+@pytest.fixture
+def pool(module_pool):
+    """The module's pool, handing every item to the worker when a test begins (the share
+    its requests keep for themselves moves with each answer, see ValidationPool.balance)."""
+    module_pool.inline_share = 0.0
+    return module_pool
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def gateways(request, tmp_path_factory, pool):
+def gateways(request, tmp_path_factory, module_pool):
     """{"on": (client, app), "off": (client, app)}, each on its own empty database."""
     out = {}
     with ExitStack() as stack:
@@ -52,7 +60,7 @@ def gateways(request, tmp_path_factory, pool):
                                       base_url="http://testserver/fhir",
                                       max_bundle_entries=200, validation_workers=0))
             if name == "on":
-                app.state.router.validation_pool = pool
+                app.state.router.validation_pool = module_pool
             client = stack.enter_context(TestClient(app, base_url="http://testserver"))
             authorize(client, app)
             stack.callback(app.state.router.repo.engine.dispose)
@@ -407,7 +415,8 @@ def _pending(pool, answer, originals):
     def receive():
         if isinstance(answer, BaseException):
             raise answer
-        return answer
+        now = time.monotonic()
+        return answer, now - 0.01, now
 
     return PendingValidation(pool, [_Chunk(sorted(originals), receive, None)], originals)
 
@@ -482,6 +491,7 @@ def test_requests_sharing_a_worker_each_get_their_own_answer(pool):
         t.join(60)
     assert answers == {0: None, 1: 3, 2: None, 3: None, 4: 6, 5: None}
     # and the worker goes on answering in step
+    pool.inline_share = 0.0   # (the requests that waited asked to keep some items)
     again = pool.submit(*_items([patient(1), WRONG_TYPE]))
     assert again.first_error()[0] == 1
 
@@ -565,3 +575,73 @@ def test_closing_the_pool_under_a_waiting_request_falls_back_inline():
     closer.join()
     assert found is not None and found[0] == 400
     assert not p.ready() and p.worker_pids() == []
+
+
+def test_the_share_kept_follows_who_waits():
+    """A request that waited for the worker keeps more of its items to validate itself
+    next time; one whose worker finished early gives some back (half the difference at a
+    time, within 0 and MAX_INLINE_SHARE)."""
+    from fhirgw.validation.parallel import MAX_INLINE_SHARE
+
+    p = ValidationPool(1)
+    p.balance(-0.010, 0.001, 100)   # waited 10 ms; 1 ms an item: 5 items would even it
+    assert p.inline_share == pytest.approx(0.025)
+    p.balance(+0.004, 0.001, 100)   # now the worker was 4 ms early
+    assert p.inline_share == pytest.approx(0.015)
+    p.balance(+1.0, 0.001, 100)
+    assert p.inline_share == 0.0
+    for _ in range(50):
+        p.balance(-1.0, 0.001, 100)
+    assert p.inline_share == MAX_INLINE_SHARE
+    p.balance(-0.010, 0.0, 100)      # nothing to go by
+    p.balance(-0.010, 0.001, 0)
+    assert p.inline_share == MAX_INLINE_SHARE
+
+
+def test_the_last_look_reports_the_wait():
+    """PendingValidation tells the pool, on the request's last look, how long before or
+    after the worker finished it asked; an earlier look (``upto``) or a failed chunk does
+    not."""
+    from fhirgw.validation.parallel import PendingValidation, _Chunk
+
+    p = ValidationPool(1)
+    originals = {i: ("Patient", patient(i)) for i in range(10)}
+
+    def late():   # finished 50 ms after the request asked: the request waited
+        now = time.monotonic()
+        return None, now - 0.02, now + 0.05
+
+    pending = PendingValidation(p, [_Chunk(list(range(10)), late, None)], originals)
+    assert pending.first_error(upto=5) is None and p.inline_share == 0.0
+    assert pending.first_error() is None
+    # waited ~50 ms, at 7 ms an item: ~3.6 items would even it; half of that moves
+    assert 0.15 < p.inline_share < 0.19
+    share = p.inline_share
+    assert pending.first_error() is None and p.inline_share == share   # once per request
+
+
+def test_kept_entries_are_validated_by_the_request(gateways, module_pool):
+    """Entries the request keeps (the last ``inline_share`` of them) are validated on its
+    own thread: an invalid one among them answers as inline, after an invalid one the
+    worker had, when there is one."""
+    client, _app = gateways["on"]
+    bundle_of = lambda bodies: {"resourceType": "Bundle", "type": "transaction",  # noqa: E731
+                                "entry": [entry(b) for b in bodies]}
+    bodies = [patient(i) for i in range(20)]
+    bodies[17] = WRONG_TYPE
+    off_client, _ = gateways["off"]
+    expected = off_client.post("/fhir", json=bundle_of(bodies), headers=FJ)
+    try:
+        module_pool.inline_share = 0.5
+        got = client.post("/fhir", json=bundle_of(bodies), headers=FJ)
+        assert (got.status_code, got.json()["issue"]) == \
+            (expected.status_code, expected.json()["issue"])
+        bodies[3] = UNKNOWN   # the worker's, and first
+        expected = off_client.post("/fhir", json=bundle_of(bodies), headers=FJ)
+        module_pool.inline_share = 0.5
+        got = client.post("/fhir", json=bundle_of(bodies), headers=FJ)
+        assert expected.status_code == 400 and "Bundle.entry[3]" in str(expected.json())
+        assert (got.status_code, got.json()["issue"]) == \
+            (expected.status_code, expected.json()["issue"])
+    finally:
+        module_pool.inline_share = 0.0
