@@ -28,7 +28,9 @@ from itertools import chain
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from .tables import INDEX_COLUMNS
+from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String
+
+from .tables import INDEX_COLUMNS, metadata
 
 #: the columns of an index row as the store writes it: ``INDEX_COLUMNS``, then ``rid``
 INDEX_ROW_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -92,12 +94,34 @@ def _sqlite_insert(conn: Connection, cur, table: str, columns: tuple[str, ...],
             cur.executemany(sql, rows[done:] if done else rows)
 
 
+#: PostgreSQL types of the columns, for COPY's binary format (by SQLAlchemy type, most
+#: specific first: BigInteger is an Integer)
+_PG_TYPE_OF = ((BigInteger, "int8"), (Integer, "int4"), (Boolean, "bool"), (Float, "float8"),
+               (LargeBinary, "bytea"), (String, "text"))
+_PG_TYPES: dict[tuple, list[str]] = {}
+
+
+def _pg_types(table: str, columns: tuple[str, ...]) -> list[str]:
+    types = _PG_TYPES.get((table, columns))
+    if types is None:
+        cols = metadata.tables[table].c
+        types = _PG_TYPES[(table, columns)] = [
+            next(name for cls, name in _PG_TYPE_OF if isinstance(cols[c].type, cls))
+            for c in columns]
+    return types
+
+
 def _copy(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """COPY in PostgreSQL's binary format: no text to write and parse for each value (a
+    body's bytes as hex, twice their size), ~half the time for resource rows, ~10% less
+    for index rows."""
     sql = _SQL.get((table, columns, "copy"))
     if sql is None:
-        sql = _SQL[(table, columns, "copy")] = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+        sql = _SQL[(table, columns, "copy")] = (f"COPY {table} ({', '.join(columns)}) "
+                                                "FROM STDIN (FORMAT BINARY)")
     with _as_sqlalchemy_errors(conn, sql), \
             conn.connection.driver_connection.cursor() as cur, cur.copy(sql) as copy:
+        copy.set_types(_pg_types(table, columns))
         write = copy.write_row
         for row in rows:
             write(row)
