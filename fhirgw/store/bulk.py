@@ -25,10 +25,9 @@ import sqlite3
 from contextlib import contextmanager
 from itertools import chain
 
+from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-
-from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String
 
 from .tables import INDEX_COLUMNS, metadata
 
@@ -50,17 +49,19 @@ def add_index_rows(out: dict[str, list[tuple]], rid: int,
 #: PostgreSQL: from this many rows on, ``Batch`` inserts by COPY instead of INSERT (below
 #: it, a pipelined INSERT shares its round trip with the batch's other statements)
 COPY_MIN_ROWS = 16
-#: (table, columns, placeholder or "copy") -> the statement
+#: (table, columns, placeholder, rows per statement) or (table, columns, "copy") -> the
+#: statement
 _SQL: dict[tuple, str] = {}
 
 
-def _insert_sql(conn: Connection, table: str, columns: tuple[str, ...]) -> str:
+def _insert_sql(conn: Connection, table: str, columns: tuple[str, ...], rows: int = 1) -> str:
+    """INSERT of ``rows`` rows (a multi-row VALUES list), in the driver's placeholders."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = _SQL.get((table, columns, mark))
+    sql = _SQL.get((table, columns, mark, rows))
     if sql is None:
-        sql = _SQL[(table, columns, mark)] = (
-            f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join([mark] * len(columns))})")
+        one = f"({', '.join([mark] * len(columns))})"
+        sql = _SQL[(table, columns, mark, rows)] = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}")
     return sql
 
 
@@ -79,12 +80,7 @@ def _sqlite_insert(conn: Connection, cur, table: str, columns: tuple[str, ...],
         if size * width > limit:
             continue
         while total - done >= size:
-            key = (table, columns, size)
-            sql = _SQL.get(key)
-            if sql is None:
-                one = f"({', '.join('?' * width)})"
-                sql = _SQL[key] = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-                                   + ", ".join([one] * size))
+            sql = _insert_sql(conn, table, columns, size)
             with _as_sqlalchemy_errors(conn, sql):
                 cur.execute(sql, tuple(chain.from_iterable(rows[done:done + size])))
             done += size
@@ -140,8 +136,9 @@ def _as_sqlalchemy_errors(conn: Connection, sql: str):
 class Batch:
     """The statements of one write, run in the order given by ``run``: inserts (``insert``)
     and other statements run once per row of parameters (``execute``, SQL written with
-    ``?`` placeholders). SQLite: one ``executemany`` each. PostgreSQL: inserts of many rows
-    by COPY; everything between them in one pipeline, a single round trip."""
+    ``?`` placeholders). SQLite: inserts in multi-row statements (``_sqlite_insert``), the
+    others by one ``executemany`` each. PostgreSQL: inserts of many rows by COPY; everything
+    between them in one pipeline, a single round trip."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
