@@ -51,6 +51,25 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
+def wait_warm(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the gateway's validation workers have started (``/readyz``): ``serve``
+    starts them with the app, and until they are up (a few seconds of CPU importing and
+    warming fhir.resources) large transactions validate inline, beside that warm-up. A
+    measurement starting earlier measures the start-up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {proc.args}")
+        try:
+            state = httpx.get(url, timeout=5).json().get("validationWorkers", "off")
+        except (httpx.HTTPError, ValueError):
+            state = None
+        if state in ("ready", "off", "idle"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the validation workers did not start in {timeout}s ({url})")
+
+
 @contextmanager
 def server(args: list[str], ready_url: str, env: dict | None = None, log_name: str = "server"):
     """Run a server subprocess until the block ends; its output goes to a temp log file."""
@@ -174,6 +193,7 @@ def gateway(database_url: str, log_level: str = "warning"):
                 "from fhirgw.cli import serve; serve(host='127.0.0.1', port=%d, database=%r, "
                 "workers=1, log_level=%r)" % (port, database_url, log_level)]
     with server(args, f"http://127.0.0.1:{port}/healthz", log_name="gateway") as proc:
+        wait_warm(f"http://127.0.0.1:{port}/readyz", proc)
         creds = _first_start_credentials(proc.log_path) or _bench_client(database_url)
         yield Gateway(f"http://127.0.0.1:{port}/fhir", proc, *creds)
 

@@ -136,4 +136,8 @@ def install(app: FastAPI, router: Router, auth) -> None:
             log.warning("readiness check failed: %s", type(exc).__name__)
             return Response(b'{"status":"unavailable"}', status_code=503,
                             media_type="application/json")
-        return {"status": "ready"}
+        # the validation workers (validation/parallel.py) are an accelerator: while they
+        # start, large transactions validate inline, slower but correct, so they do not
+        # make the gateway unready; their state is reported for whoever waits for warm-up
+        pool = getattr(app.state, "validation_pool", None)
+        return {"status": "ready", "validationWorkers": pool.state if pool else "off"}

@@ -524,6 +524,18 @@ class ValidationPool:
         self._check_pid()
         return self._running is not None
 
+    @property
+    def state(self) -> str:
+        """``ready`` (workers up), ``starting`` (warming up: large transactions validate
+        inline meanwhile), ``idle`` (not started: the first large transaction starts them,
+        or they were lost and start again after a pause) or ``off``."""
+        self._check_pid()
+        if not self.enabled:
+            return "off"
+        if self._running is not None:
+            return "ready"
+        return "starting" if self._starting else "idle"
+
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's workers are not ours
             self._reset()

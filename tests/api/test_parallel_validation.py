@@ -373,9 +373,12 @@ def test_never_used_in_a_daemonic_process(monkeypatch):
 
 def test_off_and_closed_pools_take_nothing():
     assert not ValidationPool(0).wanted(1000)
+    assert ValidationPool(0).state == "off"
     p = ValidationPool(1, min_entries=1)
+    assert p.state == "idle"
     p.close()
     assert not p.wanted(1000) and not p.start()
+    assert p.state == "off"
 
 
 UNGUARDED = """
@@ -451,12 +454,20 @@ def test_prestart_starts_the_worker_with_the_app(tmp_path, prestart):
     app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'p.db'}",
                               validation_workers=1, validation_prestart=prestart))
     pool = app.state.validation_pool
-    with TestClient(app, base_url="http://testserver"):
+    seen = set()
+    with TestClient(app, base_url="http://testserver") as client:
         deadline = time.monotonic() + (120 if prestart else 1.0)
         while not pool.ready() and time.monotonic() < deadline:
+            # /readyz says ready all along (inline validation works), and how the workers are
+            r = client.get("/readyz")
+            assert r.status_code == 200 and r.json()["status"] == "ready"
+            seen.add(r.json()["validationWorkers"])
             time.sleep(0.05)
         assert pool.ready() is prestart
-    assert not pool.ready()   # stopped with the app
+        assert client.get("/readyz").json()["validationWorkers"] == (
+            "ready" if prestart else "idle")
+    assert seen <= ({"starting", "ready"} if prestart else {"idle"})
+    assert not pool.ready() and pool.state == "off"   # stopped with the app
     app.state.router.repo.engine.dispose()
 
 
