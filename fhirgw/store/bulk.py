@@ -145,8 +145,19 @@ class Batch:
         self.steps: list[tuple[str | None, str, tuple, list[tuple]]] = []
 
     def insert(self, table: str, columns: tuple[str, ...], rows: list[tuple]) -> "Batch":
+        """Insert ``rows``. Inserts commute: rows for a table that the last steps (inserts
+        only, none of them another statement) already insert into join those rows, so
+        the rows of several writes go in one statement or COPY per table."""
         if rows:
-            self.steps.append((table, "", columns, rows))
+            steps = self.steps
+            for i in range(len(steps) - 1, -1, -1):
+                earlier_table, _sql, earlier_columns, earlier = steps[i]
+                if not earlier_table:
+                    break
+                if earlier_table == table and earlier_columns == columns:
+                    steps[i] = (table, "", columns, earlier + rows)   # the callers' lists stay
+                    return self
+            steps.append((table, "", columns, rows))
         return self
 
     def execute(self, sql: str, rows: list[tuple]) -> "Batch":

@@ -20,7 +20,6 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -212,32 +211,6 @@ def _with_meta(body: dict, res_id: str, version: int, last_updated: int) -> dict
     return out
 
 
-#: PostgreSQL: from this many versions in one ``_write_many`` on, their resource and
-#: history rows are sent from a helper thread while the index rows are extracted
-OVERLAP_MIN_ITEMS = 20
-_overlap_threads: ThreadPoolExecutor | None = None
-_overlap_lock = threading.Lock()
-
-
-def _overlapped(background: Callable[[], None], foreground: Callable[[], T]) -> T:
-    """``foreground()`` in this thread while ``background()`` runs in a helper thread;
-    returns once both are done. The first error (the background's first) is raised."""
-    global _overlap_threads
-    if _overlap_threads is None:
-        with _overlap_lock:
-            if _overlap_threads is None:
-                _overlap_threads = ThreadPoolExecutor(max_workers=16,
-                                                      thread_name_prefix="fhirgw-store")
-    future = _overlap_threads.submit(background)
-    try:
-        out = foreground()
-    except BaseException:
-        future.exception()   # the connection is free again before the error goes up
-        raise
-    future.result()
-    return out
-
-
 # ---------------------------------------------------------------- repository
 
 class WriteRule:
@@ -300,6 +273,7 @@ class Repository:
                         if tx.written:
                             for rule in self.rules:
                                 rule.before_commit(tx)
+                        tx.send()
                     finally:   # also after a rule failed: then a check's error comes first
                         for check in tx.commit_checks:
                             check()
@@ -330,7 +304,11 @@ class Tx:
 
     def __init__(self, repo: Repository, conn: Connection):
         self.repo = repo
-        self.conn = conn
+        self._conn = conn
+        #: the rows written so far and not sent yet (see ``conn``)
+        self._unsent: Batch | None = None
+        #: SQLite: the largest resource key drawn in this unit of work
+        self._rid_top: int | None = None
         self.written: list[Stored] = []
         #: called last before the commit, after the rules' ``before_commit``; one that
         #: raises rolls the unit back, and its error wins over one a rule raised. (A
@@ -339,6 +317,26 @@ class Tx:
         self.commit_checks: list[Callable[[], None]] = []
         #: PostgreSQL: resource keys drawn from the sequence and not used yet
         self._spare_rids: list[int] = []
+
+    @property
+    def conn(self) -> Connection:
+        """The unit of work's connection, every write so far sent on it: a statement run
+        on it sees them.
+
+        Writes are not sent when they are made: their rows wait in one ``Batch`` until the
+        connection is used for anything else, or the unit ends (``send``). The rows of
+        several writes then travel together: a transaction Bundle's resources and its
+        AuditEvent (written by a rule after them) go in one COPY per table on PostgreSQL,
+        one set of multi-row INSERTs on SQLite, where each write had its own."""
+        if self._unsent is not None:
+            self.send()
+        return self._conn
+
+    def send(self) -> None:
+        """Send the writes not sent yet (``Repository.run`` does before it commits)."""
+        batch, self._unsent = self._unsent, None
+        if batch is not None:
+            batch.run()
 
     # ------------------------------------------------------------ locks
 
@@ -506,20 +504,11 @@ class Tx:
                     add_index_rows(index, p.rid, extract(p.res_type, p.body))
             return index
 
-        if self.repo.is_pg and len(pending) >= OVERLAP_MIN_ITEMS:
-            # PostgreSQL stores the version rows while this thread extracts the index rows
-            # (the driver waits for the server without the GIL; nothing else uses the
-            # connection meanwhile)
-            index = _overlapped(versions(Batch(self.conn)).run, extract_all)
-            batch = Batch(self.conn)
-        else:
-            # one batch for every row: on PostgreSQL a write of a few resources is then
-            # one round trip (plus a COPY per table with many rows)
-            index = extract_all()
-            batch = versions(Batch(self.conn))
-        for kind, rows in index.items():
+        # the rows join those of the unit's earlier writes not sent yet (see ``conn``)
+        batch = versions(self._unsent or Batch(self._conn))
+        for kind, rows in extract_all().items():
             batch.insert(INDEX_TABLES[kind].name, INDEX_ROW_COLUMNS[kind], rows)
-        batch.run()
+        self._unsent = batch
         out = []
         for p in pending:
             stored = Stored(p.res_type, p.res_id, p.version, p.now, p.body is None, p.data,
@@ -558,16 +547,21 @@ class Tx:
         than asked: the spare serves the next call in this unit of work (a write's
         AuditEvent, written last) without a round trip of its own (~0.2-0.5 ms under
         load). An unused spare is a gap in the sequence, nothing else."""
-        if self.conn.dialect.name == "sqlite":
-            top = self.conn.exec_driver_sql("SELECT max(rid) FROM resource").scalar() or 0
+        if not self.repo.is_pg:
+            # asked once per unit of work: its resource rows not sent yet are not in the
+            # table (the first time, there are none)
+            top = self._rid_top
+            if top is None:
+                top = self._conn.exec_driver_sql("SELECT max(rid) FROM resource").scalar() or 0
+            self._rid_top = top + n
             return list(range(top + 1, top + 1 + n))
         spare = self._spare_rids
         if len(spare) < n:
             seq = self.repo.rid_sequence
             if seq is None:   # looked up once (per row inside the query it cost ~1 ms per 100)
-                seq = self.repo.rid_sequence = self.conn.exec_driver_sql(
+                seq = self.repo.rid_sequence = self._conn.exec_driver_sql(
                     "SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
-            spare = spare + list(self.conn.exec_driver_sql(
+            spare = spare + list(self._conn.exec_driver_sql(
                 "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
                 (seq, n - len(spare) + 1)).scalars())
         out, self._spare_rids = spare[:n], spare[n:]

@@ -259,15 +259,10 @@ class Extracting:
         return {"token": [(t, "gender", None, body.get("gender"), None)]}
 
 
-def test_batched_writes_store_the_same_in_any_batch_size(engine, monkeypatch):
-    """On PostgreSQL, large batches store their version rows from a helper thread while the
-    index rows are extracted; what is stored is the same as one by one."""
+def test_batched_writes_store_the_same_in_any_batch_size(engine):
+    """What a batch stores is what writes one by one store (versions, bodies kept once,
+    an update's old index rows replaced)."""
     from sqlalchemy import text
-    import fhirgw.store.repository as R
-    monkeypatch.setattr(R, "OVERLAP_MIN_ITEMS", 2)
-    used = []
-    real = R._overlapped
-    monkeypatch.setattr(R, "_overlapped", lambda b, f: used.append(1) or real(b, f))
     repo = Repository(engine, Extracting())
     made = repo.run(lambda tx: tx.create_many(
         [("Patient", pat(gender="male" if i % 2 else "female"), f"p{i}") for i in range(30)]))
@@ -281,17 +276,67 @@ def test_batched_writes_store_the_same_in_any_batch_size(engine, monkeypatch):
             [("other", 30)]
         assert c.execute(text("SELECT count(*) FROM resource_history WHERE version = 1 "
                               "AND body IS NOT NULL")).scalar() == 30
-    assert bool(used) == (engine.dialect.name == "postgresql")
 
 
-def test_a_failing_batch_leaves_nothing_whichever_side_fails(engine, monkeypatch):
-    """The extraction failing while the rows are being written, or the rows failing
-    (a duplicate id) while the extraction runs: the unit rolls back, the error is the
-    one raised, and the connection is usable for the next unit."""
+def _count_inserts(monkeypatch) -> list[tuple[str, int]]:
+    """(table, rows) of every multi-row insert (SQLite) or COPY (PostgreSQL) from now on."""
+    import fhirgw.store.bulk as bulk
+    seen: list[tuple[str, int]] = []
+    real_copy, real_insert = bulk._copy, bulk._sqlite_insert
+    monkeypatch.setattr(bulk, "_copy", lambda conn, table, columns, rows: (
+        seen.append((table, len(rows))), real_copy(conn, table, columns, rows))[1])
+    monkeypatch.setattr(bulk, "_sqlite_insert", lambda conn, cur, table, columns, rows: (
+        seen.append((table, len(rows))), real_insert(conn, cur, table, columns, rows))[1])
+    return seen
+
+
+def test_a_units_writes_travel_together(engine, monkeypatch):
+    """The rows of a unit's writes wait until the unit ends (or uses its connection for
+    anything else): two batches of creates, and a single create after them (a Bundle's
+    AuditEvent), go in one insert per table."""
+    repo = Repository(engine, Extracting())
+    seen = _count_inserts(monkeypatch)
+
+    def unit(tx):
+        tx.create_many([("Patient", pat(gender="male"), f"a{i}") for i in range(20)])
+        tx.create_many([("Patient", pat(gender="female"), f"b{i}") for i in range(20)])
+        tx.create("Patient", pat(gender="other"), validated=True)
+        assert seen == []   # nothing sent yet
+    repo.run(unit)
+    assert sorted(seen) == [("resource", 41), ("resource_history", 41), ("sp_token", 41)]
+    from sqlalchemy import text
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM sp_token")).scalar() == 41
+
+
+def test_what_a_unit_reads_sees_its_writes_not_sent_yet(engine, monkeypatch):
+    """Reading, searching or running any statement on ``tx.conn`` first sends the writes
+    waiting: the unit sees what it wrote."""
+    from sqlalchemy import text
+    repo = Repository(engine, Extracting())
+    seen = _count_inserts(monkeypatch)
+
+    def unit(tx):
+        made = tx.create_many([("Patient", pat(gender="male"), f"c{i}") for i in range(20)])
+        assert seen == []
+        assert tx.read("Patient", made[3].stored.res_id).version == 1   # sends first
+        assert ("sp_token", 20) in seen
+        tx.create_many([("Patient", pat(gender="female"), f"d{i}") for i in range(5)])
+        assert tx.conn.execute(text("SELECT count(*) FROM sp_token")).scalar() == 25
+        updated = tx.update_many([("Patient", "c1", pat(id="c1", gender="other"), 1)])
+        assert updated[0].stored.version == 2
+        assert tx.conn.execute(text(
+            "SELECT code FROM sp_token t JOIN resource r ON r.rid = t.rid "
+            "WHERE r.res_id = 'c1'")).scalars().all() == ["other"]
+    repo.run(unit)
+
+
+def test_a_failing_batch_leaves_nothing_whichever_side_fails(engine):
+    """The extraction failing, or the rows failing when they are sent (a duplicate id, at
+    the end of the unit): the unit rolls back, the error is the one raised, and the
+    connection is usable for the next unit."""
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
-    import fhirgw.store.repository as R
-    monkeypatch.setattr(R, "OVERLAP_MIN_ITEMS", 2)
     repo = Repository(engine, Extracting(fail_on="female"), max_retries=0)
     items = [("Patient", pat(gender="male" if i < 29 else "female"), f"q{i}") for i in range(30)]
     with pytest.raises(RuntimeError, match="extraction failed"):
@@ -304,6 +349,21 @@ def test_a_failing_batch_leaves_nothing_whichever_side_fails(engine, monkeypatch
     with engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM resource")).scalar() == 25
         assert c.execute(text("SELECT count(*) FROM sp_token")).scalar() == 25
+
+
+def test_a_commit_check_error_wins_over_rows_failing_when_sent(engine):
+    """A unit's commit checks (a transaction Bundle's parallel validation) run after its
+    rows are sent, also when sending them failed: their error is the answer."""
+    from sqlalchemy import text
+    repo = Repository(engine, Extracting(), max_retries=0)
+
+    def unit(tx):
+        tx.create_many([("Patient", pat(gender="male"), "twice") for _ in range(2)])
+        tx.commit_checks.append(lambda: (_ for _ in ()).throw(PreconditionFailed("checked")))
+    with pytest.raises(PreconditionFailed, match="checked"):
+        repo.run(unit)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM resource")).scalar() == 0
 
 
 def test_a_unit_draws_resource_keys_once_for_its_last_write(engine):
@@ -382,3 +442,26 @@ def test_a_batch_deletes_by_resource_key_in_large_sets(engine):
             "sp_token", []).run()
         left = [r for (r,) in conn.execute(text("SELECT rid FROM sp_token ORDER BY rid"))]
     assert left == list(range(1, 1301, 2))
+
+
+def test_inserts_join_earlier_ones_only_past_other_inserts(engine):
+    """Batch.insert: rows for a table join an earlier insert into it when only inserts
+    come between (inserts commute), never past another statement (an update's DELETE of
+    old index rows must run before its new rows go in); the lists given stay as they were."""
+    from sqlalchemy import text
+
+    from fhirgw.store.bulk import Batch
+    cols = ("res_type", "param", "system", "code", "text", "rid")
+    first = [("Patient", "gender", None, "a", None, 1)]
+    with engine.begin() as conn:
+        batch = (Batch(conn).insert("sp_token", cols, first)
+                 .insert("sp_string", ("res_type", "param", "norm", "exact", "rid"),
+                         [("Patient", "name", "x", "X", 1)])
+                 .insert("sp_token", cols, [("Patient", "gender", None, "b", None, 1)])
+                 .execute("DELETE FROM sp_token WHERE rid = ?", [(1,)])
+                 .insert("sp_token", cols, [("Patient", "gender", None, "c", None, 1)]))
+        assert [(t, len(rows)) for t, _sql, _c, rows in batch.steps] == [
+            ("sp_token", 2), ("sp_string", 1), (None, 1), ("sp_token", 1)]
+        assert first == [("Patient", "gender", None, "a", None, 1)]
+        batch.run()
+        assert conn.execute(text("SELECT code FROM sp_token")).scalars().all() == ["c"]
