@@ -12,6 +12,7 @@ router's interactions; nothing here re-implements create or update.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -122,9 +123,10 @@ class BundleProcessor:
             url = str(request["url"])
             parts = urlsplit(url)
             path = parts.path.strip("/")
-            base_path = urlsplit(self._base()).path.strip("/") if self._base() else ""
-            if parts.scheme and base_path and path.startswith(base_path + "/"):
-                path = path[len(base_path) + 1:]
+            if parts.scheme:   # an absolute URL on this server's base
+                base_path = _base_path(self._base())
+                if base_path and path.startswith(base_path + "/"):
+                    path = path[len(base_path) + 1:]
             resource = raw.get("resource")
             if method in ("POST", "PUT") and not isinstance(resource, dict):
                 raise BadRequest(f"{where}.resource is required for {method}",
@@ -462,6 +464,12 @@ class BundleProcessor:
                 response["location"] = f"{s.res_type}/{s.res_id}/_history/{s.version}"
         out["response"] = response
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _base_path(base: str | None) -> str:
+    """The path of the server's base URL (``fhir`` for ``http://host/fhir``)."""
+    return urlsplit(base).path.strip("/") if base else ""
 
 
 def _write_type(e: Entry) -> str:

@@ -157,3 +157,17 @@ def test_transaction_delete_of_unknown_is_ok(client):
     r = client.post("/fhir", json=b, headers=FJ)
     assert r.status_code == 200
     assert r.json()["entry"][0]["response"]["status"] == "204 No Content"
+
+
+def test_entry_urls_may_be_absolute_on_this_servers_base(client):
+    """request.url as an absolute URL on the server's base (http://testserver/fhir) names
+    the same interaction as the relative one."""
+    created = client.post("/fhir/Patient", json=patient(mrn="ABS-0"), headers=FJ).json()
+    b = tx({"resource": patient(mrn="ABS-1"),
+            "request": {"method": "POST", "url": "http://testserver/fhir/Patient"}},
+           {"resource": dict(created, gender="male"),
+            "request": {"method": "PUT", "url": f"http://testserver/fhir/Patient/{created['id']}"}})
+    r = client.post("/fhir", json=b, headers=FJ)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created", "200 OK"]
+    assert client.get(f"/fhir/Patient/{created['id']}").json()["gender"] == "male"
