@@ -96,7 +96,7 @@ class BundleProcessor:
         if len(raw_entries) > limit:
             raise PayloadTooLarge(f"The Bundle has {len(raw_entries)} entries; this server "
                                   f"takes at most {limit} per Bundle", expression="Bundle.entry")
-        entries = [self._entry(i, e) for i, e in enumerate(raw_entries)]
+        entries = [self._entry(i, e, req.base) for i, e in enumerate(raw_entries)]
         if btype == "transaction":
             for e in entries:
                 if isinstance(e, FhirError):
@@ -107,7 +107,7 @@ class BundleProcessor:
         from .router import RestResponse
         return RestResponse(200, body, {})
 
-    def _entry(self, i: int, raw: Any) -> Entry | FhirError:
+    def _entry(self, i: int, raw: Any, base: str | None = None) -> Entry | FhirError:
         where = f"Bundle.entry[{i}]"
         try:
             if not isinstance(raw, dict):
@@ -123,10 +123,13 @@ class BundleProcessor:
             url = str(request["url"])
             parts = urlsplit(url)
             path = parts.path.strip("/")
-            if parts.scheme:   # an absolute URL on this server's base
-                base_path = _base_path(self._base())
-                if base_path and path.startswith(base_path + "/"):
-                    path = path[len(base_path) + 1:]
+            if parts.scheme or parts.netloc:   # absolute: it must be on this server's base
+                path = _local_path(parts, base or self._base())
+                if path is None:
+                    raise BadRequest(f"{where}.request.url {url!r} is not on this server "
+                                     f"(its base is {base or self._base()}); an entry's url "
+                                     "is relative to the base, e.g. 'Patient/123'",
+                                     expression=f"{where}.request.url")
             resource = raw.get("resource")
             if method in ("POST", "PUT") and not isinstance(resource, dict):
                 raise BadRequest(f"{where}.resource is required for {method}",
@@ -467,9 +470,27 @@ class BundleProcessor:
 
 
 @functools.lru_cache(maxsize=64)
-def _base_path(base: str | None) -> str:
-    """The path of the server's base URL (``fhir`` for ``http://host/fhir``)."""
-    return urlsplit(base).path.strip("/") if base else ""
+def _base_parts(base: str) -> tuple[str, str]:
+    """(host, path) of the server's base URL: ``("host:8000", "fhir")``."""
+    parts = urlsplit(base)
+    return parts.netloc.lower(), parts.path.strip("/")
+
+
+def _local_path(parts, base: str | None) -> str | None:
+    """The path below ``base`` of an absolute entry URL (split in ``parts``): None when
+    it names another host or a path outside the base. The scheme is not compared: behind
+    a proxy the gateway may see http where the client wrote https."""
+    if not base:
+        return None
+    host, base_path = _base_parts(base)
+    if parts.netloc.lower() != host:
+        return None
+    path = parts.path.strip("/")
+    if not base_path:
+        return path
+    if not path.startswith(base_path + "/"):
+        return None
+    return path[len(base_path) + 1:]
 
 
 def _write_type(e: Entry) -> str:

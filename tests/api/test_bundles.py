@@ -161,7 +161,8 @@ def test_transaction_delete_of_unknown_is_ok(client):
 
 def test_entry_urls_may_be_absolute_on_this_servers_base(client):
     """request.url as an absolute URL on the server's base (http://testserver/fhir) names
-    the same interaction as the relative one."""
+    the same interaction as the relative one; another server's URL is refused (400, at
+    the entry's request.url), in a transaction as in a batch."""
     created = client.post("/fhir/Patient", json=patient(mrn="ABS-0"), headers=FJ).json()
     b = tx({"resource": patient(mrn="ABS-1"),
             "request": {"method": "POST", "url": "http://testserver/fhir/Patient"}},
@@ -171,3 +172,16 @@ def test_entry_urls_may_be_absolute_on_this_servers_base(client):
     assert r.status_code == 200, r.text
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created", "200 OK"]
     assert client.get(f"/fhir/Patient/{created['id']}").json()["gender"] == "male"
+    for url in ("http://elsewhere.example/fhir/Patient", "http://testserver/other/Patient",
+                "//elsewhere.example/fhir/Patient"):
+        other = tx({"resource": patient(mrn="ABS-2"), "request": {"method": "POST", "url": url}})
+        r = client.post("/fhir", json=other, headers=FJ)
+        assert r.status_code == 400, (url, r.text)
+        issue = r.json()["issue"][0]
+        assert issue["expression"] == ["Bundle.entry[0].request.url"]
+        assert "not on this server" in issue["diagnostics"]
+        other["type"] = "batch"
+        r = client.post("/fhir", json=other, headers=FJ)
+        assert r.json()["entry"][0]["response"]["status"].startswith("400")
+    assert client.get("/fhir/Patient", params={"identifier": "urn:iop:mrn|ABS-2"}).json()[
+        "total"] == 0
