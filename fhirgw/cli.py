@@ -22,8 +22,14 @@ def _factory():
     from .config import Settings
     from .runtime import tune_gc
 
+    from .validation.parallel import warm_models
+
     app = create_app(Settings())
-    run_with_app(app, start=tune_gc)   # this process is a server: tune its collector
+
+    def start() -> None:
+        warm_models()   # the first requests do not import R4B model classes
+        tune_gc()       # this process is a server: tune its collector (after the imports)
+    run_with_app(app, start=start)
     return app
 
 

@@ -41,9 +41,10 @@ _SCHEMAS: dict[type, dict[str, tuple[Any, int, Any]]] = {}
 _NEEDS: dict[type, bool] = {}
 
 
-def _unwrap(annotation: Any) -> Any:
-    """The type under ``Optional``, ``List`` and ``Annotated`` (None for a union of
-    several types, e.g. ``fhir_comments``: str or list of str)."""
+def field_type(annotation: Any) -> Any:
+    """The type under ``Optional``, ``List`` and ``Annotated`` of a model field's
+    annotation (None for a union of several types, e.g. ``fhir_comments``: str or list of
+    str)."""
     while True:
         origin = typing.get_origin(annotation)
         if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
@@ -60,7 +61,7 @@ def _unwrap(annotation: Any) -> Any:
 def _classify(annotation: Any) -> tuple[int, Any] | None:
     """(kind, model) of a field's annotation; None for a field not checked here (strings,
     codes, uris, dates, base64: the models take a JSON string only)."""
-    base = _unwrap(annotation)
+    base = field_type(annotation)
     if base is bool:
         return _BOOL, None
     if base is int:

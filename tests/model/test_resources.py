@@ -76,3 +76,41 @@ def test_validation_issue_paths():
     with pytest.raises(InvalidResource) as e:
         r.validate({"resourceType": "Patient", "name": [{"given": ["a", 3]}]})
     assert e.value.issues[0].expression == ["Patient.name[0].given[1]"]
+
+
+_PRELOAD_PROBE = """
+import json, sys
+from fhirgw.model import resources as res
+if sys.argv[1] == "preload":
+    visited = res.preload(["Patient", "Observation"])
+    assert visited > 20, visited
+before = {m for m in sys.modules if m.startswith("fhir")}
+res.validate({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}],
+              "identifier": [{"system": "urn:iop:mrn", "value": "1", "type": {"coding": [
+                  {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+              "telecom": [{"system": "phone", "value": "555"}],
+              "address": [{"city": "Springfield", "period": {"start": "2020-01-01"}}],
+              "contact": [{"name": {"family": "Rivera"}}]}, "Patient")
+res.validate({"resourceType": "Observation", "status": "final", "code": {"text": "PHQ-9"},
+              "subject": {"reference": "Patient/1"}, "valueQuantity": {"value": 12}},
+             "Observation")
+print(json.dumps(sorted({m for m in sys.modules if m.startswith("fhir")} - before)))
+"""
+
+
+@pytest.mark.parametrize("mode", ["preload", "lazy"])
+def test_preload_imports_what_validation_would_import_later(mode):
+    """``resources.preload``: the model classes that a resource's fields reach are imported
+    up front (the validation worker and ``serve`` call it at start), so validating a
+    resource with nested elements imports nothing more; without it, it does."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PRELOAD_PROBE, mode], capture_output=True,
+                         text=True, check=True).stdout
+    imported = json.loads(out.strip().splitlines()[-1])
+    if mode == "preload":
+        assert imported == []
+    else:
+        assert any("humanname" in m for m in imported), imported
