@@ -176,13 +176,11 @@ def process_message(tx, message, *, base: str, settings) -> dict:
     done = tx.search("Bundle", [("identifier", f"{response_system}|{key}")], limit=1)
     if done:
         return done[0].resource()   # the same message again: answered, not re-applied
-    savepoint = tx.conn.begin_nested()
     try:
-        _apply(tx, entries[1:])
+        with tx.savepoint():   # a failing entry undoes the message's writes, not the unit
+            _apply(tx, entries[1:])
     except FhirError as exc:
-        savepoint.rollback()
         return _response(header, base, "fatal-error", operation_outcome(exc.issues))
-    savepoint.commit()
     response = _response(header, base, "ok", None)
     response["identifier"] = {"system": response_system, "value": key}
     tx.create("Bundle", response, validated=True)

@@ -338,6 +338,25 @@ class Tx:
         if batch is not None:
             batch.run()
 
+    @contextmanager
+    def savepoint(self):
+        """A nested transaction: when the block raises, what it wrote is undone (the rows
+        sent rolled back, those not sent yet dropped, ``written`` as before) and the error
+        goes on; otherwise its writes stay part of the unit. Use this, not
+        ``conn.begin_nested()``: rows written in the block may not have been sent when it
+        rolls back."""
+        nested = self.conn.begin_nested()   # the writes before it are sent first
+        mark = len(self.written)
+        try:
+            yield
+            self.send()
+        except BaseException:
+            self._unsent = None
+            del self.written[mark:]
+            nested.rollback()
+            raise
+        nested.commit()
+
     # ------------------------------------------------------------ locks
 
     def lock(self, key: str) -> None:

@@ -465,3 +465,33 @@ def test_inserts_join_earlier_ones_only_past_other_inserts(engine):
         assert first == [("Patient", "gender", None, "a", None, 1)]
         batch.run()
         assert conn.execute(text("SELECT code FROM sp_token")).scalars().all() == ["c"]
+
+
+def test_a_savepoint_undoes_what_its_block_wrote_sent_or_not(engine):
+    """Tx.savepoint: when the block raises, its writes are gone, both those already sent
+    (a read inside the block sent them) and those still waiting; the writes before it and
+    after it stay, and ``written`` (what the AuditEvent names) forgets the undone ones."""
+    from sqlalchemy import text
+    repo = Repository(engine, Extracting())
+    kept = []
+
+    def unit(tx):
+        tx.create_many([("Patient", pat(gender="male"), "before")])
+        with pytest.raises(NotFound):
+            with tx.savepoint():
+                tx.create_many([("Patient", pat(gender="female"), "sent")])
+                tx.read("Patient", "sent")          # sends what waits
+                tx.create_many([("Patient", pat(gender="other"), "waiting")])
+                raise NotFound("an entry failed")
+        with tx.savepoint():
+            tx.create_many([("Patient", pat(gender="unknown"), "inside")])
+        tx.create_many([("Patient", pat(gender="male"), "after")])
+        kept.extend(s.res_id for s in tx.written)
+    repo.run(unit)
+    assert kept == ["before", "inside", "after"]
+    with engine.connect() as c:
+        assert sorted(c.execute(text("SELECT res_id FROM resource")).scalars()) == [
+            "after", "before", "inside"]
+        assert sorted(c.execute(text("SELECT code FROM sp_token")).scalars()) == [
+            "male", "male", "unknown"]
+        assert c.execute(text("SELECT count(*) FROM resource_history")).scalar() == 3

@@ -122,6 +122,35 @@ def test_process_message_applies_once(client):
     assert d["quantity"]["value"] == 60 and d["meta"]["versionId"] == "2"
 
 
+def test_a_message_failing_halfway_leaves_nothing_of_it(client, db_url):
+    """The MedicationDispense (entry 1) is written before the Patient (entry 2) fails:
+    the savepoint takes it back, on both databases (writes wait to be sent: the rows of
+    the dispense must not go out after the rollback), and the AuditEvent names none of it."""
+    msg = dispense_message("half-1")
+    msg["entry"][2]["resource"]["gender"] = 5
+    r = client.post("/fhir/$process-message", json=msg, headers=FJ)
+    assert r.status_code == 200, r.text
+    resp = r.json()
+    assert resp["entry"][0]["resource"]["response"]["code"] == "fatal-error"
+    assert "Bundle.entry[2]" in resp["entry"][1]["resource"]["issue"][0]["diagnostics"]
+    assert client.get("/fhir/MedicationDispense/_history").json()["total"] == 0
+    assert client.get("/fhir/MedicationDispense",
+                      params={"identifier": "urn:pharmacy:rx|RX-9"}).json()["total"] == 0
+    assert client.get("/fhir/Patient/_history").json()["total"] == 0
+    from sqlalchemy import create_engine, text
+    from fhirgw.store.db import normalize_url
+    engine = create_engine(normalize_url(db_url))
+    with engine.connect() as c:
+        left = c.execute(text("SELECT count(*) FROM resource WHERE res_type IN "
+                              "('MedicationDispense', 'Patient')")).scalar()
+        indexed = c.execute(text("SELECT count(*) FROM sp_token WHERE res_type = "
+                                 "'MedicationDispense'")).scalar()
+    engine.dispose()
+    assert (left, indexed) == (0, 0)
+    events = client.get("/fhir/AuditEvent", params={"entity-type": "MedicationDispense"}).json()
+    assert events["total"] == 0
+
+
 def test_process_message_fatal_error_changes_nothing(client):
     msg = dispense_message("bad-1")
     msg["entry"][1]["resource"]["status"] = 7
