@@ -366,36 +366,48 @@ def test_a_commit_check_error_wins_over_rows_failing_when_sent(engine):
         assert c.execute(text("SELECT count(*) FROM resource")).scalar() == 0
 
 
-def test_a_unit_draws_resource_keys_once_for_its_last_write(engine):
-    """PostgreSQL: the key query draws one key more than asked, so the unit's next write
-    (a write's AuditEvent comes last) needs no query of its own; keys never repeat."""
-    repo = Repository(engine, NoSearch())
+def test_resource_keys_come_from_a_block_drawn_per_process(engine):
+    """PostgreSQL: keys are drawn from the sequence RID_BLOCK at a time and handed out by
+    the repository (one process), so most writes need no round trip for them; a larger
+    write draws what it needs. Keys never repeat: across units, threads, units that roll
+    back, and repositories (processes) sharing the database."""
+    import threading
+
+    from sqlalchemy import event, text
+
+    import fhirgw.store.repository as R
+    from fhirgw.model.ids import new_id
     pg = engine.dialect.name == "postgresql"
-    drawn = []
+    draws = []
+    listener = lambda conn, cur, stmt, *a: draws.append(1) if "nextval" in stmt else None
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        repo, other = Repository(engine, NoSearch()), Repository(engine, NoSearch())
+        repo.run(lambda tx: tx.create_many([("Patient", pat(), f"k{i}") for i in range(10)]))
+        for i in range(20):
+            repo.run(lambda tx: tx.create("Patient", pat(), validated=True))
+        assert len(draws) == (1 if pg else 0)
+        repo.run(lambda tx: tx.create_many(
+            [("Patient", pat(), f"big{i}") for i in range(R.RID_BLOCK + 5)]))
+        with pytest.raises(NotFound):
+            def failing(tx):
+                tx.create("Patient", pat(), validated=True)
+                raise NotFound("the unit fails after drawing a key")
+            repo.run(failing)
 
-    def last_value(tx):
-        seq = tx.conn.exec_driver_sql(
-            "SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
-        return tx.conn.exec_driver_sql(f"SELECT last_value FROM {seq}").scalar()
-
-    def unit(tx):
-        tx.create_many([("Patient", pat(), f"k{i}") for i in range(10)])
-        if pg:
-            drawn.append(last_value(tx))
-        tx.create("Patient", pat(), validated=True)
-        if pg:
-            drawn.append(last_value(tx))
-        tx.create("Patient", pat(), validated=True)   # no spare left: a new query
-        if pg:
-            drawn.append(last_value(tx))
-    repo.run(unit)
-    repo.run(lambda tx: tx.create_many([("Patient", pat(), f"m{i}") for i in range(5)]))
-    from sqlalchemy import text
+        def worker(r):
+            for _ in range(15):
+                r.run(lambda tx: tx.create_many([("Patient", pat(), new_id()) for _ in range(3)]))
+        threads = [threading.Thread(target=worker, args=(r,)) for r in (repo, repo, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
     with engine.connect() as c:
         rids = [r for (r,) in c.execute(text("SELECT rid FROM resource"))]
-    assert len(rids) == len(set(rids)) == 17
-    if pg:
-        assert drawn[0] == drawn[1] < drawn[2]
+    assert len(rids) == len(set(rids)) == 10 + 20 + R.RID_BLOCK + 5 + 3 * 15 * 3
 
 
 def test_a_batch_runs_its_statements_in_order(engine, monkeypatch):
