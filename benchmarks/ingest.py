@@ -19,6 +19,7 @@ import random
 import sys
 import time
 import uuid
+from statistics import median
 
 import httpx
 import orjson
@@ -226,12 +227,6 @@ def run_gateway(db_url: str, payloads: list[bytes], per_bundle: int) -> dict:
             else f"search failed: {check.status_code} {check.text[:300]}"}
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--resources", type=int, default=10_000)
@@ -277,7 +272,7 @@ def main(argv=None) -> int:
         rounds.append(this)
 
     floors = [r["floor_seconds"] for r in rounds]
-    floor = _median(floors)
+    floor = median(floors)
     results = {"resources": total, "bundle_size": args.bundle_size, "payload_mb": round(mb, 2),
                "rounds": rounds, "floor_seconds": round(floor, 3),
                "floor_resources_per_second": round(total / floor), "runs": {}}
@@ -288,14 +283,14 @@ def main(argv=None) -> int:
         if not runs:
             continue
         ratios = [run["ratio_to_floor"] for run in runs]
-        seconds = _median([run["seconds"] for run in runs])
+        seconds = median([run["seconds"] for run in runs])
         summary = {
             "seconds": round(seconds, 3),
             "resources_per_second": round(total / seconds),
-            "ratio_to_floor": round(_median(ratios), 2),
+            "ratio_to_floor": round(median(ratios), 2),
             "ratio_range": [min(ratios), max(ratios)],
-            "bundle_p50_ms": round(_median([run["bundle_p50_ms"] for run in runs]), 1),
-            "bundle_p95_ms": round(_median([run["bundle_p95_ms"] for run in runs]), 1),
+            "bundle_p50_ms": round(median([run["bundle_p50_ms"] for run in runs]), 1),
+            "bundle_p95_ms": round(median([run["bundle_p95_ms"] for run in runs]), 1),
             "observations_found": runs[-1]["observations_found"]}
         results["runs"][db] = summary
         spread = (f"{min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else "")

@@ -21,7 +21,6 @@ def _factory():
     from .app import create_app
     from .config import Settings
     from .runtime import tune_gc
-
     from .validation.parallel import warm_models
 
     app = create_app(Settings())

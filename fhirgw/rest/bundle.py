@@ -124,11 +124,12 @@ class BundleProcessor:
             parts = urlsplit(url)
             path = parts.path.strip("/")
             if parts.scheme or parts.netloc:   # absolute: it must be on this server's base
-                path = _local_path(parts, base or self._base())
+                base = base or self._base()
+                path = _local_path(parts, base)
                 if path is None:
                     raise BadRequest(f"{where}.request.url {url!r} is not on this server "
-                                     f"(its base is {base or self._base()}); an entry's url "
-                                     "is relative to the base, e.g. 'Patient/123'",
+                                     f"(its base is {base}); an entry's url is relative to "
+                                     "the base, e.g. 'Patient/123'",
                                      expression=f"{where}.request.url")
             resource = raw.get("resource")
             if method in ("POST", "PUT") and not isinstance(resource, dict):
