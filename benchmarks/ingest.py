@@ -24,7 +24,8 @@ from statistics import median
 import httpx
 import orjson
 
-from _common import gateway, markdown_table, pg_database, sqlite_database, write_results
+from _common import (gateway, markdown_table, pg_database, sqlite_database, still_heap,
+                     write_results)
 
 MRN = "http://northbridge-iop.example.org/fhir/sid/mrn"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -186,11 +187,12 @@ def measure_floor(bundles) -> float:
     for t in {t for t, _ in items}:
         model_class(t).model_validate(next(r for tt, r in items if tt == t))  # warm up
     best = float("inf")
-    for _ in range(2):
-        t0 = time.perf_counter()
-        for rtype, r in items:
-            model_class(rtype).model_validate(r)
-        best = min(best, time.perf_counter() - t0)
+    with still_heap():   # as for the gateway's client (run_gateway)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for rtype, r in items:
+                model_class(rtype).model_validate(r)
+            best = min(best, time.perf_counter() - t0)
     return best
 
 
@@ -201,15 +203,18 @@ def run_gateway(db_url: str, payloads: list[bytes], per_bundle: int) -> dict:
                           auth=gw.auth()) as c:   # a token from /auth/token, renewed
             # warm up: one small transaction (imports, first connections, caches)
             c.post(base, content=bundle_bytes(make_bundles(PER_CLIENT, PER_CLIENT, 1)[0]))
-            t0 = time.perf_counter()
             lat = []
             answers = []
-            for p in payloads:
-                t1 = time.perf_counter()
-                r = c.post(base, content=p)
-                lat.append(time.perf_counter() - t1)
-                answers.append((r.status_code, r.content))
-            elapsed = time.perf_counter() - t0
+            # the client's data set out of its collector's scans (see still_heap): its full
+            # collections, ~70 ms each, were counted as the gateway's time
+            with still_heap():
+                t0 = time.perf_counter()
+                for p in payloads:
+                    t1 = time.perf_counter()
+                    r = c.post(base, content=p)
+                    lat.append(time.perf_counter() - t1)
+                    answers.append((r.status_code, r.content))
+                elapsed = time.perf_counter() - t0
             for status, body in answers:  # checked after the clock stops
                 if status != 200:
                     raise SystemExit(f"transaction failed: {status} {body[:1000]!r}")
