@@ -265,9 +265,13 @@ class Repository:
             conn.close()
 
     def run(self, fn: Callable[["Tx"], T], write: bool = True) -> T:
-        """Call ``fn(tx)`` in one transaction; retry it on deadlock/serialization failure."""
+        """Call ``fn(tx)`` in one transaction; retry it on deadlock/serialization failure,
+        and when the connection was lost before the commit (the server ended it while it
+        waited in the pool, see ``store.db.looks_alive``: the transaction never happened).
+        A connection lost during the commit is not retried: the commit may have happened."""
         attempt = 0
         while True:
+            committing = False
             try:
                 with self.connect(write=write) as conn:
                     tx = Tx(self, conn)
@@ -280,9 +284,11 @@ class Repository:
                     finally:   # also after a rule failed: then a check's error comes first
                         for check in tx.commit_checks:
                             check()
+                    committing = True
             except DBAPIError as exc:
                 attempt += 1
-                if attempt > self.max_retries or not self._retryable(exc):
+                lost = exc.connection_invalidated and not committing
+                if attempt > self.max_retries or not (lost or self._retryable(exc)):
                     raise
                 time.sleep(0.005 * attempt)
                 continue
