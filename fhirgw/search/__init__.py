@@ -10,6 +10,7 @@ Public API::
 
 and :func:`apply_elements` for ``_summary`` / ``_elements``.
 """
+from . import custom as _custom  # noqa: F401 - names the index keys for the store
 from .elements import apply_elements
 from .engine import MAX_INCLUDES, SearchEngine, SearchPage
 from .parse import Criterion, Include, SearchQuery, SortKey

@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable
 
 from ..model.errors import BadRequest, FhirError, Issue
-from ..model.resources import SUPPORTED
+from ..model.resources import R4_TYPES, SUPPORTED, loads
+from ..store.tables import PARAM_PAIR_SOURCES
 from ..store.watch import StoredResourceWatcher
 from .registry import SearchParam, SearchRegistry
 from .fhirpath import check_expression, compile_expression
@@ -47,6 +48,31 @@ def check(body: dict) -> None:
 
 def _active(body: dict) -> bool:
     return body.get("status") != "retired"
+
+
+def indexed_pairs(conn) -> set[tuple[str, str]]:
+    """Every (type, parameter code) whose rows the gateway may have written on the database
+    of ``conn``: the standard parameters of every R4 type, the SearchParameters stored there,
+    and the special codes (``<code>:identifier``, ``<code>:of-type``, ``_text``). What names
+    the index tables' keys back (``store.tables.PARAM_PAIR_SOURCES``)."""
+    registry = SearchRegistry()
+    for (body,) in conn.exec_driver_sql(
+            "SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted "
+            "AND body IS NOT NULL").all():
+        try:
+            registry.add(loads(bytes(body)))
+        except Exception:  # noqa: BLE001 - one that does not load any more has no rows to name
+            continue
+    pairs = set()
+    for rtype in R4_TYPES:
+        for code in registry.params_for(rtype):
+            pairs.update({(rtype, code), (rtype, f"{code}:identifier"),
+                          (rtype, f"{code}:of-type")})
+        pairs.add((rtype, "_text"))
+    return pairs
+
+
+PARAM_PAIR_SOURCES.append(indexed_pairs)
 
 
 class CustomParameters:

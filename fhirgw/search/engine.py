@@ -23,7 +23,7 @@ from ..store.tables import resource, sp_reference
 from .extract import Indexer
 from .parse import QueryParser, SearchQuery
 from .registry import SearchRegistry
-from .sql import RCols, SqlCompiler
+from .sql import RCols, SqlCompiler, pid_cond
 
 #: included resources per search before the engine stops and says so (an Issue)
 MAX_INCLUDES = 1000
@@ -253,7 +253,9 @@ class SearchEngine:
                     continue
                 where = [ref.c.rid.in_(rids)]
                 if inc.param != "*":
-                    where.append(ref.c.param == inc.param)
+                    types = [inc.source_type] if inc.source_type else sorted(
+                        {s[1] for s in sources})
+                    where.append(pid_cond(ref.c.pid, types, inc.param))
                 if inc.target_type:
                     where.append(ref.c.target_type == inc.target_type)
                 sub = (select(tr.c.rid)
@@ -268,13 +270,11 @@ class SearchEngine:
                 for inc in directives_rev:
                     ref = sp_reference.alias()
                     # one lookup per referring (type, parameter) that may point at the
-                    # sources' types, through the value index (res_type, param, target_id):
-                    # there is no index by target alone (it cost every write a B-tree insert
-                    # per reference)
+                    # sources' types, through the value index (pid, target_id): there is no
+                    # index by target alone (it cost every write a B-tree insert per
+                    # reference)
                     terms = [
-                        and_(ref.c.res_type == src,
-                             ref.c.param == codes[0] if len(codes) == 1
-                             else ref.c.param.in_(codes),
+                        and_(pid_cond(ref.c.pid, (src,), codes),
                              ref.c.target_type == t, ref.c.target_id.in_(ids))
                         for src, codes in self._referring(inc)
                         for t, ids in by_type.items()

@@ -10,9 +10,11 @@ at compile time) or, when unknown, by their JSON shape.
 
 Rows are tuples in the column order of :data:`COLUMNS` (:meth:`Indexer.tuples`, what the
 store inserts); :meth:`Indexer.rows` gives the same rows as dicts. They carry every column of
-their table except ``rid`` (the store adds it). Within a kind, rows come parameter by
-parameter (in the registry's order), each parameter's in the order of its values.
-Special index rows (all in the table of their kind, with a suffixed ``param``):
+their table except ``rid`` (the store adds it), beginning with ``pid``, the key of the
+resource type and parameter (``store.tables.param_key``, computed once per parameter in the
+type's plan). Within a kind, rows come parameter by parameter (in the registry's order),
+each parameter's in the order of its values. Special index rows (all in the table of their
+kind, under the key of a suffixed parameter code):
 
 * ``<code>:identifier`` (sp_token): ``Reference.identifier`` of reference parameters
 * ``<code>:of-type`` (sp_token): an Identifier's type coding and value, ``code`` is
@@ -28,7 +30,7 @@ import re
 from typing import Any, Iterable
 
 from ..model.resources import R4_TYPES, ID_RE
-from ..store.tables import INDEX_COLUMNS
+from ..store.tables import INDEX_COLUMNS, param_key, param_of
 from .fhirpath import Forest, Program, compile_expression
 from .registry import RESOURCE_COLUMN_PARAMS, SearchRegistry
 from .values import (DATE_MAX, DATE_MIN, NUM_MAX, NUM_MIN, STRING_LEN, TOKEN_LEN, URI_LEN,
@@ -61,8 +63,9 @@ class _Plan:
         self.version = version
         #: the parameters' programs, run over the resource
         self.forest = forest
-        #: per program of ``forest``: (row builder, param code, None), or for a composite
-        #: (its builder, code, components: (search type, program in ``components``, last?))
+        #: per program of ``forest``: (row builder, param code, None, the rows' ``pid``), or
+        #: for a composite (its builder, code, components: (search type, program in
+        #: ``components``, last?), pid)
         self.params = params
         #: the composites' component programs, run over each node a composite yields
         self.components = components
@@ -105,7 +108,7 @@ class Indexer:
                     parts.append((csp.type if csp else "token", j, n == len(sp.components) - 1))
                 comps = tuple(parts)
             programs.append(prog)
-            params.append((getattr(self, "_" + sp.type), code, comps))
+            params.append((getattr(self, "_" + sp.type), code, comps, param_key(res_type, code)))
         plan = _Plan(version, Forest(programs), params,
                      Forest(p for _j, p in components.values()), "_text" in all_params)
         self._plans[res_type] = plan
@@ -127,29 +130,36 @@ class Indexer:
         params = plan.params
         found = plan.forest.run(resource)
         for i in sorted(found):   # in parameter order
-            build, code, comps = params[i]
+            build, code, comps, key = params[i]
             if comps is None:
-                build(out, res_type, code, found[i])
+                build(out, key, res_type, code, found[i])
             else:
                 if memo is None:
                     memo = ({}, {})
-                build(out["composite"], res_type, code, comps, found[i], resource,
-                      plan.components, memo)
+                build(out["composite"], key, comps, found[i], resource, plan.components, memo)
         if plan.text:
             text = resource.get("text")
             div = text.get("div") if isinstance(text, dict) else None
             if isinstance(div, str):
                 plain = " ".join(html.unescape(_RE_TAG.sub(" ", div)).split())
                 if plain:
-                    out["string"].append((res_type, "_text",
+                    out["string"].append((param_key(res_type, "_text"),
                                           cut(normalize_string(plain), STRING_LEN), plain))
         return out
 
     def rows(self, res_type: str, resource: dict) -> dict[str, list[dict]]:
-        """The rows of :meth:`tuples` as dicts (column name -> value), every kind present."""
+        """The rows of :meth:`tuples` as dicts (column name -> value), every kind present;
+        for reading, ``pid`` is given as the ``res_type`` and ``param`` it stands for."""
         got = self.tuples(res_type, resource)
-        return {kind: [dict(zip(COLUMNS[kind], row)) for row in got.get(kind, ())]
-                for kind in KINDS}
+        out = {}
+        for kind in KINDS:
+            rows = []
+            for row in got.get(kind, ()):
+                d = dict(zip(COLUMNS[kind], row))
+                rtype, param = param_of(d.pop("pid"))
+                rows.append({"res_type": rtype, "param": param, **d})
+            out[kind] = rows
+        return out
 
     # Row builders, one per kind: ``values`` -> rows appended to ``out[kind]``. They run for
     # every parameter of every resource: one plain string value (a code, a name, a date), the
@@ -158,11 +168,11 @@ class Indexer:
 
     # token -------------------------------------------------------------
 
-    def _token(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _token(self, out: Rows, pid: int, res_type: str, code: str, values: list) -> None:
         rows = out["token"]
         if len(values) == 1 and values[0][0].__class__ is str:   # a code
             v = values[0][0]
-            rows.append((res_type, code, None, v if len(v) <= TOKEN_LEN else v[:TOKEN_LEN], None))
+            rows.append((pid, None, v if len(v) <= TOKEN_LEN else v[:TOKEN_LEN], None))
             return
         seen = set()
         for v, t in values:
@@ -175,25 +185,24 @@ class Indexer:
                         or value is not None and len(value) > TOKEN_LEN
                         or text is not None and len(text) > TOKEN_LEN):
                     key = (cut(system, TOKEN_LEN), cut(value, TOKEN_LEN), cut(text, TOKEN_LEN))
-                rows.append((res_type, code) + key)
+                rows.append((pid,) + key)
             if isinstance(v, dict) and "type" in v and "value" in v \
                     and isinstance(v["type"], dict):   # Identifier.type for :of-type
                 for c in v["type"].get("coding") or ():
                     if isinstance(c, dict) and c.get("code"):
-                        rows.append((res_type, code + ":of-type",
+                        rows.append((param_key(res_type, code + ":of-type"),
                                      cut(c.get("system"), TOKEN_LEN),
                                      cut(f"{c['code']}|{v['value']}", TOKEN_LEN), None))
 
     # string ------------------------------------------------------------
 
-    def _string(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _string(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["string"]
         if len(values) == 1 and values[0][0].__class__ is str:   # a string
             s = values[0][0]
             norm = normalize_string(s)
             if norm:
-                rows.append((res_type, code,
-                             norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
+                rows.append((key, norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
             return
         seen = set()
         for v, _t in values:
@@ -203,50 +212,49 @@ class Indexer:
                 seen.add(s)
                 norm = normalize_string(s)
                 if norm:
-                    rows.append((res_type, code,
-                                 norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
+                    rows.append((key, norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
 
     # date --------------------------------------------------------------
 
-    def _date(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _date(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["date"]
         if len(values) == 1 and values[0][0].__class__ is str:   # a date, dateTime or instant
             try:
-                rows.append((res_type, code) + _date_range(values[0][0]))
+                rows.append((key,) + _date_range(values[0][0]))
             except DateFormatError:
                 pass
             return
         for v, t in values:
             for low, high in date_values(v, t):
-                rows.append((res_type, code, low, high))
+                rows.append((key, low, high))
 
     # number / quantity -------------------------------------------------
 
-    def _number(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _number(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["number"]
         for v, _t in values:
             if isinstance(v, dict):   # e.g. a Quantity searched as a number
                 v = v.get("value")
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 f = float(v)
-                rows.append((res_type, code, f, f, f))
+                rows.append((key, f, f, f))
 
-    def _quantity(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _quantity(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["quantity"]
         for v, t in values:
             for q in quantity_values(v, t):
-                rows.append((res_type, code) + q)
+                rows.append((key,) + q)
 
     # reference / uri ---------------------------------------------------
 
-    def _reference(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _reference(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["reference"]
         seen = set()
         for v, _t in values:
             if isinstance(v, dict):
                 ident = v.get("identifier")
                 if isinstance(ident, dict) and ident.get("value") is not None:
-                    out["token"].append((res_type, code + ":identifier",
+                    out["token"].append((param_key(res_type, code + ":identifier"),
                                          cut(ident.get("system"), TOKEN_LEN),
                                          cut(str(ident["value"]), TOKEN_LEN), None))
                 ref = v.get("reference")
@@ -265,25 +273,24 @@ class Indexer:
                 if target in seen:
                     continue
                 seen.add(target)
-                rows.append((res_type, code) + target)
+                rows.append((key,) + target)
 
     def parse_reference(self, ref: str, type_hint: str | None = None) -> list[tuple]:
         """(target_type, target_id, url) tuples for one reference string."""
         return parse_reference(ref, self.base_urls, type_hint)
 
-    def _uri(self, out: Rows, res_type: str, code: str, values: list) -> None:
+    def _uri(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["uri"]
         for v, _t in values:
             if isinstance(v, str) and v:
-                rows.append((res_type, code, v if len(v) <= URI_LEN else v[:URI_LEN]))
+                rows.append((key, v if len(v) <= URI_LEN else v[:URI_LEN]))
                 if "|" in v:   # versioned canonical: also findable by its url alone
-                    rows.append((res_type, code, cut(v.split("|", 1)[0], URI_LEN)))
+                    rows.append((key, cut(v.split("|", 1)[0], URI_LEN)))
 
     # composite ---------------------------------------------------------
 
-    def _composite(self, rows: list, res_type: str, code: str, comps: tuple,
-                   values: list, resource: dict, components: Forest,
-                   memo: tuple[dict, dict]) -> None:
+    def _composite(self, rows: list, key: int, comps: tuple, values: list, resource: dict,
+                   components: Forest, memo: tuple[dict, dict]) -> None:
         """``memo`` lives for one resource: the composites of a type share nodes and
         components (every Observation code-value-* reads the Observation's ``code``), so the
         component programs run once per node, and each component's forms are made once."""
@@ -300,10 +307,10 @@ class Indexer:
             per_comp: list = [None] * n
             for i in range(n - 1, -1, -1):
                 ctype, j, last = comps[i]
-                key = (nid, j, ctype, last)
-                forms = forms_of.get(key)
+                at = (nid, j, ctype, last)
+                forms = forms_of.get(at)
                 if forms is None:
-                    forms = forms_of[key] = composite_forms(ctype, found.get(j, []), last,
+                    forms = forms_of[at] = composite_forms(ctype, found.get(j, []), last,
                                                             self.base_urls)
                 if not forms:
                     break
@@ -318,7 +325,7 @@ class Indexer:
                                 keyparts.append(unit)
                         else:
                             keyparts.append(part)
-                    row = (res_type, code, cut("$".join(keyparts), URI_LEN), low, high)
+                    row = (key, cut("$".join(keyparts), URI_LEN), low, high)
                     if row in seen:
                         continue
                     seen.add(row)

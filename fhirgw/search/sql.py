@@ -1,8 +1,9 @@
 """Compile parsed criteria into SQLAlchemy Core conditions (one statement per search).
 
 Every criterion becomes a condition on a ``resource`` row: ``rid IN (SELECT rid FROM sp_x
-WHERE res_type = :t AND param = :p AND <value match>)``, so each index lookup is served by the
-``(res_type, param, value...)`` index and ANDed criteria intersect. Chains and ``_has`` nest
+WHERE pid = :k AND <value match>)`` (``:k`` the key of the type and parameter,
+``store.tables.param_key``; ``pid IN (...)`` for several types), so each index lookup is
+served by the ``(pid, value...)`` index and ANDed criteria intersect. Chains and ``_has`` nest
 the same shape through ``sp_reference``. Nothing here is database-specific: strings compare
 against normalized columns with code-point order on both SQLite and PostgreSQL (no ILIKE;
 ``LIKE`` only for ``:contains``).
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true, tuple_
 
-from ..store.tables import INDEX_TABLES, resource, sp_reference
+from ..store.tables import INDEX_TABLES, param_key, param_keys, resource, sp_reference
 from .parse import Criterion, RangeValue, RefValue, SearchQuery, SortKey, TokenValue
 from .values import escape_like, normalize_string, prefix_upper_bound
 
@@ -32,6 +33,16 @@ _TABLE_OF = {"string": "string", "token": "token", "date": "date", "number": "nu
 def _type_cond(col, types: tuple[str, ...] | list[str]) -> ColumnElement:
     types = tuple(types)
     return col == types[0] if len(types) == 1 else col.in_(types)
+
+
+def pid_cond(col, types, params) -> ColumnElement:
+    """Index rows of any of ``params`` (a code or several) on any of ``types``: their
+    ``pid`` (``col``) is one of those pairs' keys."""
+    if isinstance(params, str):
+        keys = param_keys(types, params)
+    else:
+        keys = [param_key(t, p) for t in types for p in params]
+    return col == keys[0] if len(keys) == 1 else col.in_(keys)
 
 
 class RCols:
@@ -133,8 +144,8 @@ class SqlCompiler:
             named = (select(ref.c.target_id)
                      .join(lst, lst.c.rid == ref.c.rid)
                      .where(lst.c.res_type == "List", lst.c.res_id.in_(crit.values),
-                            lst.c.deleted == false(), ref.c.res_type == "List",
-                            ref.c.param == "item", ref.c.target_type == r.res_type))
+                            lst.c.deleted == false(), ref.c.pid == param_key("List", "item"),
+                            ref.c.target_type == r.res_type))
             return r.res_id.in_(named)
         if kind == "lastUpdated":
             return or_(*[range_cond(v.prefix, r.last_updated, r.last_updated, _int_range(v))
@@ -167,11 +178,10 @@ class SqlCompiler:
         elif mod == "of-type":
             param = sp.code + ":of-type"
         t = table
-        if correlated:   # EXISTS (this row's index rows); the rid implies the type
-            sub = select(t.c.rid).where(t.c.rid == r.rid, t.c.param == param)
-        else:
-            sub = select(t.c.rid).where(_type_cond(t.c.res_type, crit.res_types),
-                                        t.c.param == param)
+        # correlated: EXISTS (this row's index rows), served by the (rid) index
+        cond = pid_cond(t.c.pid, crit.res_types, param)
+        sub = select(t.c.rid).where(t.c.rid == r.rid, cond) if correlated \
+            else select(t.c.rid).where(cond)
         negate = bool(crit.missing) if crit.missing is not None else mod == "not"
         if crit.missing is None:
             ors = [self._value(ptype, mod, t, v, crit) for v in crit.values]
@@ -240,15 +250,15 @@ class SqlCompiler:
         else:
             link = tuple_(ref.c.target_type, ref.c.target_id).in_(
                 select(tr.res_type, tr.res_id).where(*conds))
-        sub = select(ref.c.rid).where(_type_cond(ref.c.res_type, crit.res_types),
-                                      ref.c.param == crit.param.code, link)
+        sub = select(ref.c.rid).where(pid_cond(ref.c.pid, crit.res_types, crit.param.code),
+                                      link)
         return r.rid.in_(sub)
 
     def _has(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
         """``_has:Type:param:inner=x``. A selective inner criterion lists the ids its
         referrers point at (``res_id IN``); a broad one (``crit.broad``, from the engine's
         probe) is checked per candidate row from the row's id through the value index
-        (res_type, param, target_id, target_type), so a first page stops at its first
+        (pid, target_id, target_type), so a first page stops at its first
         matches instead of listing hundreds of thousands of referrers."""
         ref = sp_reference.alias()
         src = RCols(resource.alias())
@@ -259,12 +269,12 @@ class SqlCompiler:
                      else self.criterion(inner_crit, src, (crit.has_type,)))
             return (select(ref.c.rid).join(src.t, src.rid == ref.c.rid)
                     .where(ref.c.target_id == r.res_id, ref.c.target_type == target_type,
-                           ref.c.res_type == crit.has_type, ref.c.param == crit.has_param,
+                           ref.c.pid == param_key(crit.has_type, crit.has_param),
                            src.deleted == false(), inner)).exists()
         inner = self.criterion(crit.inner, src, (crit.has_type,))
         sub = (select(ref.c.target_id)
                .join(src.t, src.rid == ref.c.rid)
-               .where(ref.c.res_type == crit.has_type, ref.c.param == crit.has_param,
+               .where(ref.c.pid == param_key(crit.has_type, crit.has_param),
                       ref.c.target_type == target_type,
                       src.deleted == false(), inner))
         return r.res_id.in_(sub)
@@ -299,7 +309,7 @@ class SqlCompiler:
             own = and_(r.res_type == t, r.res_id == cid) if t == ctype else None
             if params:
                 ref = sp_reference.alias()
-                sub = select(ref.c.rid).where(ref.c.res_type == t, ref.c.param.in_(params),
+                sub = select(ref.c.rid).where(pid_cond(ref.c.pid, (t,), params),
                                               ref.c.target_type == ctype, ref.c.target_id == cid)
                 linked = and_(r.res_type == t, r.rid.in_(sub)) if len(types) > 1 else r.rid.in_(sub)
                 ors.append(or_(linked, own) if own is not None else linked)
@@ -327,9 +337,9 @@ class SqlCompiler:
         else:   # date, number, quantity: the range end that sorts first in this direction
             col = t.c.high if key.desc else t.c.low
         fn = func.max if key.desc else func.min
-        # no res_type condition: the rid decides it, and without one the (rid) index is the
-        # only one that fits (SQLite without statistics otherwise scans (res_type, param))
-        return (select(fn(col)).where(t.c.rid == r.rid, t.c.param == sp.code)
+        # the rid leads: the (rid) index serves it (SQLite without statistics might
+        # otherwise scan the parameter's rows through (pid, ...))
+        return (select(fn(col)).where(t.c.rid == r.rid, pid_cond(t.c.pid, types, sp.code))
                 .scalar_subquery())
 
 
@@ -371,7 +381,7 @@ def pick_driver(criteria: list[Criterion]) -> Criterion | None:
 def narrows_type(crit: Criterion) -> bool:
     """True when the criterion compiles to ``rid IN (index rows of the searched types)``.
 
-    Index rows carry their resource's type, so such a criterion already keeps only resources
+    Index rows carry their resource's type (in ``pid``), so such a criterion already keeps only resources
     of the searched types and the ``resource.res_type`` condition is redundant. It is left
     out then: SQLite without statistics (no ANALYZE) takes ``res_type = ?`` for selective
     and scans every resource of the type through ``(res_type, last_updated)`` instead of

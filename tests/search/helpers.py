@@ -8,7 +8,7 @@ import orjson
 from sqlalchemy import delete, insert, select, update
 
 from fhirgw.search import SearchEngine
-from fhirgw.store.tables import INDEX_TABLES, resource
+from fhirgw.store.tables import INDEX_TABLES, param_key, resource
 
 _clock = itertools.count(int(time.time() * 1_000_000))
 
@@ -38,8 +38,10 @@ class Store:
                 for t in INDEX_TABLES.values():
                     conn.execute(delete(t).where(t.c.rid == rid))
             for kind, rows in self.search.index_rows(rtype, res).items():
-                if rows:
-                    conn.execute(insert(INDEX_TABLES[kind]), [dict(r, rid=rid) for r in rows])
+                if rows:   # the readable rows, keyed as stored
+                    conn.execute(insert(INDEX_TABLES[kind]), [
+                        {"pid": param_key(r.pop("res_type"), r.pop("param")), **r, "rid": rid}
+                        for r in rows])
         return rid
 
     def delete(self, rtype: str, rid_: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from fhirgw.model.resources import SUPPORTED
 from fhirgw.search import SearchRegistry
 from fhirgw.search.extract import COLUMNS, KINDS, Indexer
+from fhirgw.store.tables import param_key, param_of
 from fhirgw.search.fhirpath import Forest, compile_expression
 from fhirgw.search.values import DATE_MAX, date_range
 from fhirgw.security.audit import denied_event, disclosure_event, rest_event
@@ -125,7 +126,8 @@ def indexer():
 
 
 def _all_rows(indexer, res):
-    """tuples() with every kind present, checked against rows() and COLUMNS."""
+    """tuples() with every kind present, checked against rows() and COLUMNS; each row as
+    (type, parameter, values...): its ``pid`` read back as the pair it is the key of."""
     res_type = res["resourceType"]
     before = copy.deepcopy(res)
     tuples = indexer.tuples(res_type, res)
@@ -135,8 +137,12 @@ def _all_rows(indexer, res):
     for kind in KINDS:
         got = tuples.get(kind, [])
         assert all(len(t) == len(COLUMNS[kind]) for t in got), kind
-        assert rows[kind] == [dict(zip(COLUMNS[kind], t)) for t in got], kind
-    return {kind: tuples.get(kind, []) for kind in KINDS}
+        assert COLUMNS[kind][0] == "pid"
+        assert all(param_key(*param_of(t[0])) == t[0] for t in got), kind
+        named = [param_of(t[0]) + t[1:] for t in got]
+        assert rows[kind] == [{"res_type": n[0], "param": n[1],
+                               **dict(zip(COLUMNS[kind][1:], n[2:]))} for n in named], kind
+    return {kind: [param_of(t[0]) + t[1:] for t in tuples.get(kind, [])] for kind in KINDS}
 
 
 def _of(rows, param):

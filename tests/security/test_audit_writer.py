@@ -11,6 +11,7 @@ from fhirgw.search import SearchEngine
 from fhirgw.security.audit import AuditTrail, install_rule, rest_event
 from fhirgw.security.principal import Principal, Scopes
 from fhirgw.store.repository import Repository
+from fhirgw.store.tables import param_key
 
 PARTNER = Principal("acme-client", "Acme Referrals", Scopes.parse("system/*.rs"),
                     organization="Organization/acme", token_id="jti-1")
@@ -78,12 +79,13 @@ def test_batches_go_to_the_child_under_load(repo):
         assert trail.written == 300 and trail.lost == 0
         assert _count(repo, AUDIT_EVENTS) - before == 300
         # every event has its index rows (the custom parameter's too): searchable as usual
-        assert _count(repo, "SELECT count(*) FROM sp_reference WHERE res_type = 'AuditEvent' "
-                            "AND param = 'patient' AND target_id = 'p3'") == \
+        assert _count(repo, "SELECT count(*) FROM sp_reference WHERE pid = "
+                            f"{param_key('AuditEvent', 'patient')} AND target_id = 'p3'") == \
             len([i for i in range(300) if i % 7 == 3])
         # the child loaded the stored SearchParameter and indexed its events by it
-        assert _count(repo, "SELECT count(*) FROM sp_token WHERE res_type = 'AuditEvent' "
-                            "AND param = 'x-altid' AND code = 'acme-client'") == 300 - in_process
+        assert _count(repo, "SELECT count(*) FROM sp_token WHERE pid = "
+                            f"{param_key('AuditEvent', 'x-altid')} AND code = 'acme-client'") \
+            == 300 - in_process
         if db_file:
             # the child checkpoints the WAL pages it wrote (no checkpointer runs here): the
             # database file grows only when pages are copied back from the WAL

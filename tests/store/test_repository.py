@@ -3,6 +3,10 @@ import pytest
 
 from fhirgw.model.errors import Gone, NotFound, PreconditionFailed
 from fhirgw.store.repository import Repository, clock, instant, parse_etag
+from fhirgw.store.tables import param_key
+
+#: index row keys for rows written by hand
+G, N = param_key("Patient", "gender"), param_key("Patient", "name")
 
 
 class NoSearch:
@@ -163,9 +167,9 @@ def test_bulk_rows_keep_awkward_values(engine, copy_min, monkeypatch):
         raw = dict(c.execute(select(resource.c.res_id, resource.c.body)).all())
         assert all(raw[s.res_id] == s.body for s in stored)     # bytes, byte for byte
         exact = {r.exact for r in c.execute(select(sp_string.c.exact).where(
-            sp_string.c.param == "family"))}
+            sp_string.c.pid == param_key("Patient", "family")))}
         codes = {(r.system, r.code) for r in c.execute(select(sp_token.c.system, sp_token.c.code)
-                                                       .where(sp_token.c.param == "identifier"))}
+                                                       .where(sp_token.c.pid == param_key("Patient", "identifier")))}
         probs = sorted(r.value for r in c.execute(select(sp_number.c.value)))
     assert exact == set(AWKWARD[:-1])
     assert codes == {(f"urn:sys:{v}", v) for v in AWKWARD[:-1]}
@@ -195,9 +199,9 @@ def test_bulk_insert_errors_are_sqlalchemy_errors(engine, copy_min, monkeypatch)
     with pytest.raises(IntegrityError):
         repo.run(lambda tx: tx.create_many([("Patient", pat(), "p3"), ("Patient", pat(), "dup")]))
     with engine.begin() as conn, pytest.raises(IntegrityError):
-        Batch(conn).insert("sp_token", ("rid", "res_type", "param", "system", "code", "text"),
-                           [(1, "Patient", "x", None, "a", None),
-                            (None, "Patient", "x", None, "b", None)]).run()
+        Batch(conn).insert("sp_token", ("rid", "pid", "system", "code", "text"),
+                           [(1, 17, None, "a", None),
+                            (None, 17, None, "b", None)]).run()
     # the failed unit stored nothing
     assert sorted(e.res_id for e in repo.run(lambda tx: tx.history("Patient")).entries) == \
         ["dup", "p2"]
@@ -217,15 +221,15 @@ def test_sqlite_multi_row_inserts_keep_rows_and_order(sqlite_url, count, limit):
 
     engine = make_engine(sqlite_url)
     migrate(engine)
-    rows = [(i, "Patient", "p", f"s{i % 7}" if i % 3 else None, f"c{i}", "t" if i % 2 else None)
+    rows = [(i, 11, f"s{i % 7}" if i % 3 else None, f"c{i}", "t" if i % 2 else None)
             for i in range(count)]
     with engine.begin() as conn:
         if limit is not None:   # room for 2 rows of 6 columns: one by one only
             conn.connection.driver_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER,
                                                        limit)
-        Batch(conn).insert("sp_token", ("rid", "res_type", "param", "system", "code", "text"),
+        Batch(conn).insert("sp_token", ("rid", "pid", "system", "code", "text"),
                            rows).run()
-        got = conn.execute(text("SELECT rid, res_type, param, system, code, text FROM sp_token "
+        got = conn.execute(text("SELECT rid, pid, system, code, text FROM sp_token "
                                 "ORDER BY rowid")).all()
     assert [tuple(r) for r in got] == rows
     engine.dispose()
@@ -239,10 +243,10 @@ def test_sqlite_multi_row_insert_errors_are_sqlalchemy_errors(sqlite_url):
 
     engine = make_engine(sqlite_url)
     migrate(engine)
-    rows = [(i, "Patient", "p", None, "c", None) for i in range(70)]
-    rows[40] = (None, "Patient", "p", None, "c", None)   # rid may not be NULL
+    rows = [(i, 11, None, "c", None) for i in range(70)]
+    rows[40] = (None, 11, None, "c", None)   # rid may not be NULL
     with engine.begin() as conn, pytest.raises(IntegrityError):
-        Batch(conn).insert("sp_token", ("rid", "res_type", "param", "system", "code", "text"),
+        Batch(conn).insert("sp_token", ("rid", "pid", "system", "code", "text"),
                            rows).run()
     engine.dispose()
 
@@ -256,7 +260,7 @@ class Extracting:
     def index_tuples(self, t, body):
         if body.get("gender") == self.fail_on:
             raise RuntimeError("extraction failed")
-        return {"token": [(t, "gender", None, body.get("gender"), None)]}
+        return {"token": [(param_key(t, "gender"), None, body.get("gender"), None)]}
 
 
 def test_batched_writes_store_the_same_in_any_batch_size(engine):
@@ -420,8 +424,8 @@ def test_a_batch_runs_its_statements_in_order(engine, monkeypatch):
     import fhirgw.store.bulk as bulk
     from fhirgw.store.bulk import Batch
     monkeypatch.setattr(bulk, "COPY_MIN_ROWS", 3)
-    cols = ("res_type", "param", "system", "code", "text", "rid")
-    rows = [("Patient", "gender", None, f"c{i}", None, 7) for i in range(5)]
+    cols = ("pid", "system", "code", "text", "rid")
+    rows = [(G, None, f"c{i}", None, 7) for i in range(5)]
     with engine.begin() as conn:
         (Batch(conn).insert("sp_token", cols, rows)                  # COPY on PostgreSQL
          .execute("DELETE FROM sp_token WHERE rid = ?", [(7,)])       # pipelined
@@ -446,9 +450,9 @@ def test_a_batch_deletes_by_resource_key_in_large_sets(engine):
     from sqlalchemy import text
 
     from fhirgw.store.bulk import Batch
-    cols = ("res_type", "param", "system", "code", "text", "rid")
+    cols = ("pid", "system", "code", "text", "rid")
     with engine.begin() as conn:
-        Batch(conn).insert("sp_token", cols, [("Patient", "gender", None, "x", None, rid)
+        Batch(conn).insert("sp_token", cols, [(G, None, "x", None, rid)
                                               for rid in range(1, 1301)]).run()
         Batch(conn).delete_rids("sp_token", list(range(2, 1301, 2))).delete_rids(
             "sp_token", []).run()
@@ -463,18 +467,18 @@ def test_inserts_join_earlier_ones_only_past_other_inserts(engine):
     from sqlalchemy import text
 
     from fhirgw.store.bulk import Batch
-    cols = ("res_type", "param", "system", "code", "text", "rid")
-    first = [("Patient", "gender", None, "a", None, 1)]
+    cols = ("pid", "system", "code", "text", "rid")
+    first = [(G, None, "a", None, 1)]
     with engine.begin() as conn:
         batch = (Batch(conn).insert("sp_token", cols, first)
-                 .insert("sp_string", ("res_type", "param", "norm", "exact", "rid"),
-                         [("Patient", "name", "x", "X", 1)])
-                 .insert("sp_token", cols, [("Patient", "gender", None, "b", None, 1)])
+                 .insert("sp_string", ("pid", "norm", "exact", "rid"),
+                         [(N, "x", "X", 1)])
+                 .insert("sp_token", cols, [(G, None, "b", None, 1)])
                  .execute("DELETE FROM sp_token WHERE rid = ?", [(1,)])
-                 .insert("sp_token", cols, [("Patient", "gender", None, "c", None, 1)]))
+                 .insert("sp_token", cols, [(G, None, "c", None, 1)]))
         assert [(t, len(rows)) for t, _sql, _c, rows in batch.steps] == [
             ("sp_token", 2), ("sp_string", 1), (None, 1), ("sp_token", 1)]
-        assert first == [("Patient", "gender", None, "a", None, 1)]
+        assert first == [(G, None, "a", None, 1)]
         batch.run()
         assert conn.execute(text("SELECT code FROM sp_token")).scalars().all() == ["c"]
 

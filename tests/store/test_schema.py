@@ -1,5 +1,7 @@
 from sqlalchemy import inspect
 
+from fhirgw.store.tables import param_key
+
 
 def test_migrations_create_every_table(engine):
     names = set(inspect(engine).get_table_names())
@@ -38,23 +40,25 @@ def test_text_and_url_indexes_are_partial_and_used(engine):
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT rid FROM sp_token WHERE res_type = 'Condition' "
-                "AND param = 'code' AND text >= 'major' AND text < 'majos'").all())
+                "EXPLAIN QUERY PLAN SELECT rid FROM sp_token WHERE pid = ? "
+                "AND text >= 'major' AND text < 'majos'",
+                (param_key("Condition", "code"),)).all())
         assert "ix_sp_token_text" in plan
 
 
 def test_references_are_looked_up_by_target_through_the_value_index(engine):
     """Migration 0006 dropped the index by target alone: lookups by target name the
-    referring type and parameter, and use (res_type, param, target_id, target_type)."""
+    referring type and parameter, and use (pid, target_id, target_type)."""
     names = {i["name"] for i in inspect(engine).get_indexes("sp_reference")}
     assert "ix_sp_reference_target" not in names
     assert "ix_sp_reference_value" in names
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(
-                "EXPLAIN QUERY PLAN SELECT rid FROM sp_reference WHERE res_type = 'Observation'"
-                " AND param IN ('patient', 'subject') AND target_type = 'Patient'"
-                " AND target_id IN ('a', 'b')").all())
+                "EXPLAIN QUERY PLAN SELECT rid FROM sp_reference WHERE pid IN (?, ?)"
+                " AND target_type = 'Patient' AND target_id IN ('a', 'b')",
+                (param_key("Observation", "patient"),
+                 param_key("Observation", "subject"))).all())
         assert "ix_sp_reference_value" in plan and "SCAN" not in plan
 
 
@@ -90,12 +94,14 @@ def _check_c_collation(engine, migrate):
     import importlib
 
     m = importlib.import_module("fhirgw.store.migrations.versions.0005_c_collation_keys")
-    keys = [(t, c) for t, c, _n in m.COLUMNS]
-    assert len(keys) == 22
+    # the index tables' type and parameter columns became pid (0007)
+    columns = [(t, c, n) for t, c, n in m.COLUMNS if (t, c) in _collations(engine)]
+    keys = [(t, c) for t, c, _n in columns]
+    assert len(keys) == 6
     assert all(_collations(engine)[k] == "C" for k in keys)
     # a database from before 0005: the columns in the database's default collation
     with engine.begin() as conn:
-        for t, c, n in m.COLUMNS:
+        for t, c, n in columns:
             conn.exec_driver_sql(f'ALTER TABLE {t} ALTER COLUMN {c} TYPE varchar({n}) '
                                  'COLLATE "default"')
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0004'")
@@ -138,5 +144,84 @@ def test_an_existing_database_loses_the_target_index_on_upgrade(db_url):
         migrate(eng)
         assert "ix_sp_reference_target" not in {
             i["name"] for i in inspect(eng).get_indexes("sp_reference")}
+    finally:
+        eng.dispose()
+
+
+def test_index_rows_convert_to_parameter_keys_and_back(db_url):
+    """Migration 0007: index rows keyed by type and parameter as two strings (a database
+    from before it, made here by its downgrade) become rows keyed by ``pid``; every search
+    finds what it found before, special codes (``:of-type``, ``:identifier``, ``_text``)
+    and a custom SearchParameter's rows included."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from fhirgw.search import SearchEngine
+    from fhirgw.store.db import MIGRATIONS, make_engine, migrate
+    from fhirgw.store.repository import Repository
+
+    eng = make_engine(db_url)
+    try:
+        migrate(eng)
+        search = SearchEngine()
+        repo = Repository(eng, search)
+        custom = {"resourceType": "SearchParameter", "url": "http://example.org/sp/nick",
+                  "name": "nick", "status": "active", "code": "nick", "base": ["Patient"],
+                  "type": "string", "expression": "Patient.name.where(use='nickname').given",
+                  "description": "nickname"}
+        search.registry.add(custom)
+        repo.run(lambda tx: tx.create("SearchParameter", custom, validated=True))
+        pid = repo.run(lambda tx: tx.create("Patient", {
+            "resourceType": "Patient", "gender": "female",
+            "text": {"status": "generated", "div": "<div>Maja Lindqvist, IOP client</div>"},
+            "name": [{"family": "Lindqvist", "given": ["Maja"]},
+                     {"use": "nickname", "given": ["Mai"]}],
+            "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/"
+                                                 "CodeSystem/v2-0203", "code": "MR"}]},
+                            "system": "urn:mrn", "value": "MRN-7"}]},
+            validated=True)).stored.res_id
+        repo.run(lambda tx: tx.create("Observation", {
+            "resourceType": "Observation", "status": "final", "code": {"text": "PHQ-9"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "performer": [{"identifier": {"system": "urn:npi", "value": "123"}}]},
+            validated=True))
+        queries = [("Patient", [("family", "lindq")]), ("Patient", [("gender", "female")]),
+                   ("Patient", [("identifier:of-type", "http://terminology.hl7.org/CodeSystem/"
+                                 "v2-0203|MR|MRN-7")]),
+                   ("Patient", [("_text", "client")]), ("Patient", [("nick", "mai")]),
+                   ("Observation", [("subject", f"Patient/{pid}")]),
+                   ("Observation", [("performer:identifier", "urn:npi|123")]),
+                   ("Patient", [("_has:Observation:subject:status", "final")])]
+
+        def found():
+            return [sorted(h[1] for h in repo.run(lambda tx, t=t, q=q: tx.find(t, q, limit=None)))
+                    for t, q in queries]
+
+        def count(conn):
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                    for t in ("sp_token", "sp_string", "sp_reference", "sp_date")}
+
+        before = found()
+        assert all(before), before
+        with eng.connect() as conn:
+            rows = count(conn)
+        cfg = Config()
+        cfg.set_main_option("script_location", MIGRATIONS)
+        with eng.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0006")
+            conn.commit()
+            assert {"res_type", "param"} <= {c["name"] for c in inspect(conn).get_columns(
+                "sp_string")}
+            assert count(conn) == rows
+            assert conn.execute(text(
+                "SELECT count(*) FROM sp_string WHERE res_type = 'Patient' AND "
+                "param = 'nick' AND norm = 'mai'")).scalar() == 1
+        migrate(eng)
+        assert "pid" in {c["name"] for c in inspect(eng).get_columns("sp_string")}
+        with eng.connect() as conn:
+            assert count(conn) == rows
+        assert found() == before
     finally:
         eng.dispose()

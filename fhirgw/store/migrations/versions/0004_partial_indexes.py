@@ -21,7 +21,10 @@ _INDEXES = (("ix_sp_token_text", "sp_token", ["res_type", "param", "text"], "tex
 
 
 def _recreate(partial: bool) -> None:
+    bind = op.get_bind()
     for name, table, cols, col in _INDEXES:
+        if "res_type" not in {c["name"] for c in sa.inspect(bind).get_columns(table)}:
+            continue   # keyed by pid (0007, or a new database's baseline): made with it
         op.drop_index(name, table_name=table)
         where = sa.text(f"{col} IS NOT NULL") if partial else None
         op.create_index(name, table, cols, sqlite_where=where, postgresql_where=where)

@@ -30,10 +30,16 @@ COLUMNS = ([(t, "res_type", 64) for t in ("resource", "resource_history")]
 
 
 def _collate(collation: str) -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
         return
+    import sqlalchemy as sa
+    inspector = sa.inspect(bind)
+    have = {t: {c["name"] for c in inspector.get_columns(t)} for t, _c, _n in COLUMNS}
     by_table: dict[str, list[str]] = {}
     for table, column, length in COLUMNS:
+        if column not in have[table]:
+            continue   # index tables keyed by pid (0007, or a new database's baseline)
         by_table.setdefault(table, []).append(
             f'ALTER COLUMN {column} TYPE varchar({length}) COLLATE "{collation}"')
     for table, changes in by_table.items():   # one statement per table: indexes rebuilt once
