@@ -47,7 +47,8 @@ from fhirgw.model import resources as res  # noqa: E402
 from fhirgw.search import SearchEngine  # noqa: E402
 from fhirgw.store.db import make_engine, migrate, normalize_url  # noqa: E402
 from fhirgw.store.repository import Repository, _with_meta  # noqa: E402
-from fhirgw.store.tables import INDEX_TABLES, metadata, resource, resource_history  # noqa: E402
+from fhirgw.store.tables import (INDEX_COLUMNS, INDEX_TABLES, metadata, resource,  # noqa: E402
+                                  resource_history)
 
 MRN = "urn:iop:mrn"
 NPI = "http://hl7.org/fhir/sid/us-npi"
@@ -391,7 +392,8 @@ def rows_for(search: SearchEngine, rid: int, rtype: str, rid_: str, body: dict, 
     data = res.dumps(stored)
     r = (rid, rtype, rid_, 1, lu, False, data)
     h = (rid, rtype, rid_, 1, lu, "POST", False, None)   # current: body in the resource row
-    return r, h, search.index_rows(rtype, stored)
+    return r, h, {kind: [dict(zip(INDEX_COLUMNS[kind], row)) for row in rows]
+                  for kind, rows in search.index_tuples(rtype, stored).items()}
 
 
 _COLS = {kind: [c.name for c in t.columns if c.name != "id"] for kind, t in INDEX_TABLES.items()}

@@ -46,6 +46,7 @@ from fhirgw.model import resources as res  # noqa: E402
 from fhirgw.search import SearchEngine  # noqa: E402
 from fhirgw.search.values import us_to_iso  # noqa: E402
 from fhirgw.store.db import make_engine  # noqa: E402
+from fhirgw.store.tables import param_key  # noqa: E402
 
 PG_BASE = os.environ.get("FHIRGW_BENCH_PG_BASE", "postgresql+psycopg://postgres@127.0.0.1:5432")
 QUERIES = ["appointments", "tasks", "name", "chain", "include"]
@@ -72,17 +73,19 @@ def pools(engine, rng: random.Random, k: int = 60) -> dict[str, list]:
         rng.shuffle(vals)
         return vals[:k]
 
+    key = param_key
     return {
-        "patient": col("SELECT target_id FROM sp_reference WHERE res_type='Appointment' "
-                       "AND param='patient' AND rid % 7 = 0 ORDER BY rid LIMIT 2000"),
-        "owner": col("SELECT DISTINCT target_id FROM sp_reference WHERE res_type='Task' "
-                     "AND param='owner' ORDER BY target_id"),
-        "family": col("SELECT DISTINCT exact FROM sp_string WHERE res_type='Patient' "
-                      "AND param='family' ORDER BY exact"),
-        "mrn": col("SELECT t.code FROM sp_token t JOIN sp_reference r ON r.res_type='Appointment' "
-                   "AND r.param='patient' AND r.target_type='Patient' "
+        "patient": col("SELECT target_id FROM sp_reference WHERE "
+                       f"pid={key('Appointment', 'patient')} AND rid % 7 = 0 "
+                       "ORDER BY rid LIMIT 2000"),
+        "owner": col("SELECT DISTINCT target_id FROM sp_reference WHERE "
+                     f"pid={key('Task', 'owner')} ORDER BY target_id"),
+        "family": col("SELECT DISTINCT exact FROM sp_string WHERE "
+                      f"pid={key('Patient', 'family')} ORDER BY exact"),
+        "mrn": col("SELECT t.code FROM sp_token t JOIN sp_reference r ON "
+                   f"r.pid={key('Appointment', 'patient')} AND r.target_type='Patient' "
                    "JOIN resource p ON p.res_type='Patient' AND p.res_id=r.target_id AND p.rid=t.rid "
-                   "WHERE t.res_type='Patient' AND t.param='identifier' AND r.rid % 11 = 0 "
+                   f"WHERE t.pid={key('Patient', 'identifier')} AND r.rid % 11 = 0 "
                    "ORDER BY r.rid LIMIT 2000"),
     }
 

@@ -128,6 +128,7 @@ def test_an_existing_database_loses_the_target_index_on_upgrade(db_url):
     from alembic import command
     from alembic.config import Config
 
+    import fhirgw.search  # noqa: F401 - names the index keys for 0007's downgrade
     from fhirgw.store.db import MIGRATIONS, make_engine, migrate
 
     eng = make_engine(db_url)

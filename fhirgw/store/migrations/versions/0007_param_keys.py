@@ -61,6 +61,21 @@ def _rebuild(table: str, pairs_sql: str, make_map, new_table: sa.Table, join: st
                    f"SELECT s.rid, {picked}, {src_cols} FROM {table}_old s "
                    f"JOIN {_MAP} m ON {join}")
     op.execute(f"DROP TABLE {table}_old")
+    _analyze(bind, table)
+
+
+def _analyze(bind, table: str) -> None:
+    """Statistics for the rebuilt table, where the database keeps them: PostgreSQL always
+    (until autovacuum came by, its planner would guess), SQLite when something ran ANALYZE
+    before (``sqlite_stat1`` exists). Dropping the old table dropped its statistics; a
+    SQLite planner with statistics for the other tables and none for these picked a scan
+    (``Appointment?patient=...&date=...&_sort=date`` went from 0.9 to 2.1 ms at 10k)."""
+    if bind.dialect.name == "sqlite":
+        has_stats = bind.exec_driver_sql(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'").scalar()
+        if not has_stats:
+            return
+    op.execute(f"ANALYZE {table}")
 
 
 def upgrade() -> None:
