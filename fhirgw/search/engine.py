@@ -255,7 +255,7 @@ class SearchEngine:
                 if inc.param != "*":
                     types = [inc.source_type] if inc.source_type else sorted(
                         {s[1] for s in sources})
-                    where.append(pid_cond(ref.c.pid, types, inc.param))
+                    where.append(pid_cond(ref.c.pid, types, inc.param, by_rid=True))
                 if inc.target_type:
                     where.append(ref.c.target_type == inc.target_type)
                 sub = (select(tr.c.rid)

@@ -14,7 +14,8 @@ import os
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, false, func, not_, or_, select, true, tuple_
+from sqlalchemy import (ColumnElement, and_, false, func, literal_column, not_, or_, select, true,
+                        tuple_)
 
 from ..store.tables import INDEX_TABLES, param_key, param_keys, resource, sp_reference
 from .parse import Criterion, RangeValue, RefValue, SearchQuery, SortKey, TokenValue
@@ -35,13 +36,22 @@ def _type_cond(col, types: tuple[str, ...] | list[str]) -> ColumnElement:
     return col == types[0] if len(types) == 1 else col.in_(types)
 
 
-def pid_cond(col, types, params) -> ColumnElement:
+def pid_cond(col, types, params, *, by_rid: bool = False) -> ColumnElement:
     """Index rows of any of ``params`` (a code or several) on any of ``types``: their
-    ``pid`` (``col``) is one of those pairs' keys."""
+    ``pid`` (``col``) is one of those pairs' keys.
+
+    ``by_rid``: the rows are those of given resources (``rid = ...`` elsewhere in the same
+    WHERE), a handful each, which the ``(rid)`` index finds. ``pid`` is then compared as
+    ``pid + 0``, an expression no index serves: ``pid`` leads the value index, and SQLite
+    without statistics took ``(pid)`` for such a lookup, reading every row of the
+    parameter for each resource (the sort key of ``_sort=date``: all date rows of
+    ``Appointment.date`` per Appointment)."""
     if isinstance(params, str):
         keys = param_keys(types, params)
     else:
         keys = [param_key(t, p) for t in types for p in params]
+    if by_rid:
+        col = col.op("+")(literal_column("0"))
     return col == keys[0] if len(keys) == 1 else col.in_(keys)
 
 
@@ -179,7 +189,7 @@ class SqlCompiler:
             param = sp.code + ":of-type"
         t = table
         # correlated: EXISTS (this row's index rows), served by the (rid) index
-        cond = pid_cond(t.c.pid, crit.res_types, param)
+        cond = pid_cond(t.c.pid, crit.res_types, param, by_rid=correlated)
         sub = select(t.c.rid).where(t.c.rid == r.rid, cond) if correlated \
             else select(t.c.rid).where(cond)
         negate = bool(crit.missing) if crit.missing is not None else mod == "not"
@@ -339,7 +349,8 @@ class SqlCompiler:
         fn = func.max if key.desc else func.min
         # the rid leads: the (rid) index serves it (SQLite without statistics might
         # otherwise scan the parameter's rows through (pid, ...))
-        return (select(fn(col)).where(t.c.rid == r.rid, pid_cond(t.c.pid, types, sp.code))
+        return (select(fn(col)).where(t.c.rid == r.rid,
+                                      pid_cond(t.c.pid, types, sp.code, by_rid=True))
                 .scalar_subquery())
 
 
