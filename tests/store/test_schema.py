@@ -122,24 +122,31 @@ def _check_c_collation(engine, migrate):
     assert len(found) == 1
 
 
-def test_an_existing_database_loses_the_target_index_on_upgrade(db_url):
-    """A database made before migration 0006 has the index; starting the gateway (which
-    migrates) drops it, and a downgrade brings it back."""
+def _downgrade(eng, revision: str) -> None:
+    """Alembic's downgrade to ``revision`` on ``eng``, committed."""
     from alembic import command
     from alembic.config import Config
 
+    from fhirgw.store.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    with eng.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
+
+
+def test_an_existing_database_loses_the_target_index_on_upgrade(db_url):
+    """A database made before migration 0006 has the index; starting the gateway (which
+    migrates) drops it, and a downgrade brings it back."""
     import fhirgw.search  # noqa: F401 - names the index keys for 0007's downgrade
-    from fhirgw.store.db import MIGRATIONS, make_engine, migrate
+    from fhirgw.store.db import make_engine, migrate
 
     eng = make_engine(db_url)
     try:
         migrate(eng)
-        cfg = Config()
-        cfg.set_main_option("script_location", MIGRATIONS)
-        with eng.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0005")
-            conn.commit()
+        _downgrade(eng, "0005")
         assert "ix_sp_reference_target" in {
             i["name"] for i in inspect(eng).get_indexes("sp_reference")}
         migrate(eng)
@@ -154,12 +161,10 @@ def test_index_rows_convert_to_parameter_keys_and_back(db_url):
     from before it, made here by its downgrade) become rows keyed by ``pid``; every search
     finds what it found before, special codes (``:of-type``, ``:identifier``, ``_text``)
     and a custom SearchParameter's rows included."""
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     from fhirgw.search import SearchEngine
-    from fhirgw.store.db import MIGRATIONS, make_engine, migrate
+    from fhirgw.store.db import make_engine, migrate
     from fhirgw.store.repository import Repository
 
     eng = make_engine(db_url)
@@ -207,12 +212,8 @@ def test_index_rows_convert_to_parameter_keys_and_back(db_url):
         assert all(before), before
         with eng.connect() as conn:
             rows = count(conn)
-        cfg = Config()
-        cfg.set_main_option("script_location", MIGRATIONS)
+        _downgrade(eng, "0006")
         with eng.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0006")
-            conn.commit()
             assert {"res_type", "param"} <= {c["name"] for c in inspect(conn).get_columns(
                 "sp_string")}
             assert count(conn) == rows
