@@ -34,6 +34,15 @@ _TABLES = ("sp_token", "sp_string", "sp_date", "sp_number", "sp_quantity", "sp_r
 _MAP = "fhirgw_param_key_map"
 
 
+def _make_map_table() -> None:
+    """The mapping table, indexed both ways: the copy joins every row of an index table
+    with it (SQLite would otherwise scan it for each row)."""
+    op.execute(f"DROP TABLE IF EXISTS {_MAP}")
+    op.execute(f"CREATE TABLE {_MAP} (res_type VARCHAR(64), param VARCHAR(100), pid BIGINT)")
+    op.execute(f"CREATE INDEX ix_{_MAP}_pair ON {_MAP} (res_type, param)")
+    op.execute(f"CREATE INDEX ix_{_MAP}_pid ON {_MAP} (pid)")
+
+
 def _columns(bind, table: str) -> list[str]:
     return [c["name"] for c in sa.inspect(bind).get_columns(table)]
 
@@ -82,8 +91,7 @@ def upgrade() -> None:
     from fhirgw.store.tables import metadata, param_key
 
     bind = op.get_bind()
-    op.execute(f"DROP TABLE IF EXISTS {_MAP}")
-    op.execute(f"CREATE TABLE {_MAP} (res_type VARCHAR(64), param VARCHAR(100), pid BIGINT)")
+    _make_map_table()
 
     def make_map(conn, pairs):
         op.execute(f"DELETE FROM {_MAP}")
@@ -120,8 +128,7 @@ def downgrade() -> None:
     from fhirgw.store.tables import param_key
 
     bind = op.get_bind()
-    op.execute(f"DROP TABLE IF EXISTS {_MAP}")
-    op.execute(f"CREATE TABLE {_MAP} (res_type VARCHAR(64), param VARCHAR(100), pid BIGINT)")
+    _make_map_table()
     pairs = _known_pairs(bind)
 
     def make_map(conn, keys):
