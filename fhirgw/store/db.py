@@ -99,13 +99,15 @@ def looks_alive(dbapi_conn) -> bool:
     """Is an idle pooled PostgreSQL connection still usable, judged without a round trip?
 
     A connection the server ended (a restart, ``pg_terminate_backend``, an idle timeout)
-    has received the server's last words or the end of its socket; one that is fine has
-    nothing to read while it waits in the pool. So: not closed or broken, outside any
-    transaction, and nothing waiting on its socket. This replaces SQLAlchemy's
-    ``pool_pre_ping``, which asked the server (``SELECT 1``) at every checkout: a round trip
-    (~0.1 ms on an idle loopback, more when the server waits for a core) on every request,
-    before its own work. A peer that vanished without closing the socket passes both checks
-    alike and fails at the first statement."""
+    has received the server's last words and the end of its socket. So: not closed or
+    broken, outside any transaction, and when something waits on its socket, libpq reads
+    it (``consume_input``) and still finds the connection good: what an idle connection
+    may legitimately receive (a notification, a notice, a TLS session ticket) keeps it;
+    the end of the socket does not. This replaces SQLAlchemy's ``pool_pre_ping``, which
+    asked the server (``SELECT 1``) at every checkout: a round trip (~0.1 ms on an idle
+    loopback, more when the server waits for a core) on every request, before its own
+    work. A peer that vanished without closing the socket passes both checks alike and
+    fails at the first statement (``Repository.run`` then runs the unit again)."""
     try:
         if dbapi_conn.closed or dbapi_conn.broken:
             return False
@@ -113,7 +115,10 @@ def looks_alive(dbapi_conn) -> bool:
         if pgconn.transaction_status != 0:   # libpq PQTRANS_IDLE
             return False
         readable, _w, _x = select.select([pgconn.socket], [], [], 0)
-        return not readable
+        if not readable:
+            return True
+        pgconn.consume_input()   # raises once the server has closed the socket
+        return pgconn.status == 0 and pgconn.transaction_status == 0   # CONNECTION_OK, idle
     except Exception:  # noqa: BLE001 - whatever goes wrong here, take a fresh connection
         return False
 

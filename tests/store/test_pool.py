@@ -2,6 +2,8 @@
 (``store.db.looks_alive``), replaced when the server has ended them."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import create_engine
 
@@ -86,3 +88,23 @@ def test_looks_alive_refuses_closed_and_mid_transaction_connections(pg_engine):
     conn.close()
     assert not looks_alive(conn)
     raw.invalidate()
+
+
+def test_a_connection_that_received_a_notification_is_kept(pg_engine, pg_url):
+    """Something waiting on an idle connection's socket is not the end of it: libpq reads
+    it, and the same backend serves the next checkout."""
+    with pg_engine.connect() as c:
+        pid = c.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        c.exec_driver_sql("LISTEN fhirgw_pool_test")
+        c.commit()
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as a:
+            a.exec_driver_sql("NOTIFY fhirgw_pool_test, 'hello'")
+    finally:
+        admin.dispose()
+    time.sleep(0.2)   # the notification reaches the pooled connection's socket
+    with pg_engine.connect() as c:
+        raw = c.connection.driver_connection
+        assert raw.info.backend_pid == pid
+        assert c.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
