@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import (ColumnElement, and_, false, func, literal_column, not_, or_, select, true,
                         tuple_)
 
-from ..store.tables import INDEX_TABLES, param_key, param_keys, resource, sp_reference
+from ..store.tables import INDEX_TABLES, param_key, resource, sp_reference
 from .parse import Criterion, RangeValue, RefValue, SearchQuery, SortKey, TokenValue
 from .values import escape_like, normalize_string, prefix_upper_bound
 
@@ -46,10 +46,8 @@ def pid_cond(col, types, params, *, by_rid: bool = False) -> ColumnElement:
     without statistics took ``(pid)`` for such a lookup, reading every row of the
     parameter for each resource (the sort key of ``_sort=date``: all date rows of
     ``Appointment.date`` per Appointment)."""
-    if isinstance(params, str):
-        keys = param_keys(types, params)
-    else:
-        keys = [param_key(t, p) for t in types for p in params]
+    codes = (params,) if isinstance(params, str) else params
+    keys = [param_key(t, p) for t in types for p in codes]
     if by_rid:
         col = col.op("+")(literal_column("0"))
     return col == keys[0] if len(keys) == 1 else col.in_(keys)

@@ -118,11 +118,6 @@ def param_of(key: int) -> tuple[str, str] | None:
     return _owners.get(key)
 
 
-def param_keys(res_types, param: str) -> list[int]:
-    """The keys of ``param`` for each of ``res_types``."""
-    return [param_key(t, param) for t in res_types]
-
-
 #: where the (type, parameter) pairs the gateway indexes come from, to name keys back (the
 #: downgrade of migration 0007): functions ``(connection) -> iterable of pairs``. The search
 #: package adds its own when imported (the store does not import it).

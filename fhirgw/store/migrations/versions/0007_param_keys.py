@@ -52,7 +52,7 @@ def _index_names(bind, table: str) -> list[str]:
 
 
 def _rebuild(table: str, pairs_sql: str, make_map, new_table: sa.Table, join: str,
-             new_keys: str, value_cols: list[str]) -> None:
+             new_keys: list[str], value_cols: list[str]) -> None:
     """Move ``table``'s rows into ``new_table`` (same name): the mapping table ``make_map``
     fills (from the distinct keys ``pairs_sql`` lists) joined on ``join`` gives each row its
     ``new_keys`` columns; rows it has no entry for are left out."""
@@ -65,8 +65,8 @@ def _rebuild(table: str, pairs_sql: str, make_map, new_table: sa.Table, join: st
     if rows:
         make_map(bind, rows)
         src_cols = ", ".join(f"s.{c}" for c in value_cols)
-        picked = ", ".join(f"m.{c.strip()}" for c in new_keys.split(","))
-        op.execute(f"INSERT INTO {table} (rid, {new_keys}, {', '.join(value_cols)}) "
+        picked = ", ".join(f"m.{c}" for c in new_keys)
+        op.execute(f"INSERT INTO {table} (rid, {', '.join(new_keys)}, {', '.join(value_cols)}) "
                    f"SELECT s.rid, {picked}, {src_cols} FROM {table}_old s "
                    f"JOIN {_MAP} m ON {join}")
     op.execute(f"DROP TABLE {table}_old")
@@ -105,7 +105,7 @@ def upgrade() -> None:
         new = metadata.tables[table]
         values = [c.name for c in new.columns if c.name not in ("rid", "pid")]
         _rebuild(table, "SELECT DISTINCT res_type, param FROM {table}", make_map, new,
-                 "m.res_type = s.res_type AND m.param = s.param", "pid", values)
+                 "m.res_type = s.res_type AND m.param = s.param", ["pid"], values)
     op.execute(f"DROP TABLE {_MAP}")
 
 
@@ -154,7 +154,7 @@ def downgrade() -> None:
                        sa.Column("param", sa.String(100), nullable=False),
                        *[sa.Column(c, _old_type(table, c)) for c in values])
         _rebuild(table, "SELECT DISTINCT pid FROM {table}", make_map, old, "m.pid = s.pid",
-                 "res_type, param", values)
+                 ["res_type", "param"], values)
         for name, ix_cols, where in _old_indexes(table):
             op.create_index(name, table, ix_cols, sqlite_where=where, postgresql_where=where)
     op.execute(f"DROP TABLE {_MAP}")
