@@ -56,12 +56,24 @@ def bind_directly() -> None:
             sqlite3.register_adapter(cls, adapter)
 
 
+#: Pools hand out the connection used last (``pool_use_lifo``), not the one idle longest.
+#: Each connection keeps caches of its own: SQLite's page cache (64 MiB here), which a
+#: connection drops whole when it finds that another one committed since its last
+#: transaction, and on PostgreSQL the backend's catalog, plan and buffer state. Handed out in
+#: turn (SQLAlchemy's default), a server writing one request at a time used its pooled
+#: connections one after another: on SQLite each 100-resource transaction then read ~300
+#: pages back from the file (``pread``; ~60 with the last connection again), on PostgreSQL
+#: three backends each warmed up for every third one. The connections left at the bottom
+#: of the stack idle (on PostgreSQL, ``looks_alive`` replaces one the server closed).
+POOL_LIFO = True
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         bind_directly()
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=pool_size, max_overflow=20)
+                               pool_size=pool_size, max_overflow=20, pool_use_lifo=POOL_LIFO)
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn, _record):
@@ -90,7 +102,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             else:
                 conn.exec_driver_sql("BEGIN")
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=20)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_use_lifo=POOL_LIFO)
     event.listen(engine, "checkout", _check_alive)
     return engine
 

@@ -108,3 +108,16 @@ def test_a_connection_that_received_a_notification_is_kept(pg_engine, pg_url):
         raw = c.connection.driver_connection
         assert raw.info.backend_pid == pid
         assert c.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
+
+
+def test_the_pool_hands_out_the_connection_used_last(engine):
+    """Both databases: a unit gets the connection the previous one returned (its page cache
+    or backend warm), not the one that waited longest (``store.db.POOL_LIFO``)."""
+    first, second = engine.connect(), engine.connect()
+    first_raw, second_raw = first.connection.dbapi_connection, second.connection.dbapi_connection
+    assert first_raw is not second_raw
+    first.close()
+    second.close()   # returned last
+    for _ in range(3):
+        with engine.connect() as c:
+            assert c.connection.dbapi_connection is second_raw
