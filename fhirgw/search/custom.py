@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ..model.errors import BadRequest, FhirError, Issue
 from ..model.resources import R4_TYPES, SUPPORTED, loads
-from ..store.tables import PARAM_PAIR_SOURCES
+from ..store.tables import DERIVED_PARAM_SOURCES, PARAM_PAIR_SOURCES
 from ..store.watch import StoredResourceWatcher
 from .registry import SearchParam, SearchRegistry
 from .fhirpath import check_expression, compile_expression
@@ -55,14 +55,7 @@ def indexed_pairs(conn) -> set[tuple[str, str]]:
     of ``conn``: the standard parameters of every R4 type, the SearchParameters stored there,
     and the special codes (``<code>:identifier``, ``<code>:of-type``, ``_text``). What names
     the index tables' keys back (``store.tables.PARAM_PAIR_SOURCES``)."""
-    registry = SearchRegistry()
-    for (body,) in conn.exec_driver_sql(
-            "SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted "
-            "AND body IS NOT NULL").all():
-        try:
-            registry.add(loads(bytes(body)))
-        except Exception:  # noqa: BLE001 - one that does not load any more has no rows to name
-            continue
+    registry = _stored_registry(conn)
     pairs = set()
     for rtype in R4_TYPES:
         for code in registry.params_for(rtype):
@@ -72,7 +65,36 @@ def indexed_pairs(conn) -> set[tuple[str, str]]:
     return pairs
 
 
+def derived_params(conn) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(type, code, base code, target types) of every derived reference parameter
+    (``SearchRegistry.derived``) with the SearchParameters stored on the database of
+    ``conn``: what migration 0008 removes the rows of, and its downgrade writes again
+    (``store.tables.DERIVED_PARAM_SOURCES``)."""
+    registry = _stored_registry(conn)
+    out = []
+    for rtype in sorted(SUPPORTED):
+        for code in registry.params_for(rtype):
+            d = registry.derived(rtype, code)
+            if d is not None:
+                out.append((rtype, code, d.base, d.types))
+    return out
+
+
+def _stored_registry(conn) -> SearchRegistry:
+    """The official parameters and the SearchParameters stored on ``conn``'s database."""
+    registry = SearchRegistry()
+    for (body,) in conn.exec_driver_sql(
+            "SELECT body FROM resource WHERE res_type = 'SearchParameter' AND NOT deleted "
+            "AND body IS NOT NULL").all():
+        try:
+            registry.add(loads(bytes(body)))
+        except Exception:  # noqa: BLE001 - one that does not load any more has no rows to name
+            continue
+    return registry
+
+
 PARAM_PAIR_SOURCES.append(indexed_pairs)
+DERIVED_PARAM_SOURCES.append(derived_params)
 
 
 class CustomParameters:

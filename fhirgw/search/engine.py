@@ -255,7 +255,8 @@ class SearchEngine:
                 if inc.param != "*":
                     types = [inc.source_type] if inc.source_type else sorted(
                         {s[1] for s in sources})
-                    where.append(pid_cond(ref.c.pid, types, inc.param, by_rid=True))
+                    where.append(pid_cond(ref.c.pid, types, inc.param, by_rid=True,
+                                          registry=self.registry))
                 if inc.target_type:
                     where.append(ref.c.target_type == inc.target_type)
                 sub = (select(tr.c.rid)
@@ -274,7 +275,7 @@ class SearchEngine:
                     # index by target alone (it cost every write a B-tree insert per
                     # reference)
                     terms = [
-                        and_(pid_cond(ref.c.pid, (src,), codes),
+                        and_(pid_cond(ref.c.pid, (src,), codes, registry=self.registry),
                              ref.c.target_type == t, ref.c.target_id.in_(ids))
                         for src, codes in self._referring(inc)
                         for t, ids in by_type.items()

@@ -76,9 +76,13 @@ class _Plan:
 class Indexer:
     """Turns resources into index rows for one registry."""
 
-    def __init__(self, registry: SearchRegistry, base_urls: Iterable[str] = ()):
+    def __init__(self, registry: SearchRegistry, base_urls: Iterable[str] = (), *,
+                 derive: bool = True):
         self.registry = registry
         self.base_urls = tuple(u.rstrip("/") + "/" for u in base_urls if u)
+        #: leave out the target rows of derived parameters (``SearchRegistry.derived``);
+        #: False writes them as for any other (to compare, and the migration's downgrade)
+        self.derive = derive
         self._plans: dict[str, _Plan] = {}
 
     # -------------------------------------------------------------- plan
@@ -107,8 +111,11 @@ class Indexer:
                     j = components.setdefault(id(cprog), (len(components), cprog))[0]
                     parts.append((csp.type if csp else "token", j, n == len(sp.components) - 1))
                 comps = tuple(parts)
+            build = getattr(self, "_" + sp.type)
+            if self.derive and sp.type == "reference" and self.registry.derived(res_type, code):
+                build = self._reference_identifiers   # its targets are its base's rows
             programs.append(prog)
-            params.append((getattr(self, "_" + sp.type), code, comps, param_key(res_type, code)))
+            params.append((build, code, comps, param_key(res_type, code)))
         plan = _Plan(version, Forest(programs), params,
                      Forest(p for _j, p in components.values()), "_text" in all_params)
         self._plans[res_type] = plan
@@ -247,16 +254,22 @@ class Indexer:
 
     # reference / uri ---------------------------------------------------
 
+    def _reference_identifiers(self, out: Rows, key: int, res_type: str, code: str,
+                               values: list) -> None:
+        """A derived reference parameter (``SearchRegistry.derived``): its ``:identifier``
+        rows only (a logical reference's identifier says nothing of its type, so its base
+        parameter's identifier rows cannot stand in for them)."""
+        for v, _t in values:
+            if isinstance(v, dict):
+                _identifier_row(out, res_type, code, v)
+
     def _reference(self, out: Rows, key: int, res_type: str, code: str, values: list) -> None:
         rows = out["reference"]
         seen = set()
         for v, _t in values:
             if isinstance(v, dict):
-                ident = v.get("identifier")
-                if isinstance(ident, dict) and ident.get("value") is not None:
-                    out["token"].append((param_key(res_type, code + ":identifier"),
-                                         cut(ident.get("system"), TOKEN_LEN),
-                                         cut(str(ident["value"]), TOKEN_LEN), None))
+                if "identifier" in v:
+                    _identifier_row(out, res_type, code, v)
                 ref = v.get("reference")
                 hint = v.get("type")
             elif isinstance(v, str):   # canonical / uri
@@ -452,6 +465,15 @@ def quantity_values(v: Any, t: str | None = None) -> list[tuple]:
         return [(f, f, f, _CURRENCY, cut(v.get("currency"), TOKEN_LEN), None)]
     return [(f, f, f, cut(v.get("system"), TOKEN_LEN), cut(v.get("code"), TOKEN_LEN),
              cut(v.get("unit"), TOKEN_LEN))]
+
+
+def _identifier_row(out: Rows, res_type: str, code: str, ref: dict) -> None:
+    """The ``<code>:identifier`` token row of a Reference with an identifier."""
+    ident = ref.get("identifier")
+    if isinstance(ident, dict) and ident.get("value") is not None:
+        out["token"].append((param_key(res_type, code + ":identifier"),
+                             cut(ident.get("system"), TOKEN_LEN),
+                             cut(str(ident["value"]), TOKEN_LEN), None))
 
 
 def parse_reference(ref: str, base_urls: tuple[str, ...] = (),

@@ -36,7 +36,7 @@ def _type_cond(col, types: tuple[str, ...] | list[str]) -> ColumnElement:
     return col == types[0] if len(types) == 1 else col.in_(types)
 
 
-def pid_cond(col, types, params, *, by_rid: bool = False) -> ColumnElement:
+def pid_cond(col, types, params, *, by_rid: bool = False, registry=None) -> ColumnElement:
     """Index rows of any of ``params`` (a code or several) on any of ``types``: their
     ``pid`` (``col``) is one of those pairs' keys.
 
@@ -45,12 +45,31 @@ def pid_cond(col, types, params, *, by_rid: bool = False) -> ColumnElement:
     ``pid + 0``, an expression no index serves: ``pid`` leads the value index, and SQLite
     without statistics took ``(pid)`` for such a lookup, reading every row of the
     parameter for each resource (the sort key of ``_sort=date``: all date rows of
-    ``Appointment.date`` per Appointment)."""
+    ``Appointment.date`` per Appointment).
+
+    ``registry``: on ``sp_reference``, a derived parameter (``SearchRegistry.derived``,
+    ``Condition.patient``) has no rows of its own: its rows are those of its base
+    (``subject``) whose ``target_type`` is one of its types."""
     codes = (params,) if isinstance(params, str) else params
-    keys = [param_key(t, p) for t in types for p in codes]
-    if by_rid:
-        col = col.op("+")(literal_column("0"))
-    return col == keys[0] if len(keys) == 1 else col.in_(keys)
+    keys: list[int] = []
+    derived: dict[int, set[str]] = {}   # base's key -> target types
+    on_refs = registry is not None and getattr(col.table, "element", col.table) is sp_reference
+    for t in types:
+        for p in codes:
+            d = registry.derived(t, p) if on_refs else None
+            if d is None:
+                keys.append(param_key(t, p))
+            else:
+                derived.setdefault(param_key(t, d.base), set()).update(d.types)
+    pcol = col.op("+")(literal_column("0")) if by_rid else col
+    conds = []
+    if keys:
+        conds.append(pcol == keys[0] if len(keys) == 1 else pcol.in_(keys))
+    for key, targets in derived.items():
+        if key in keys:   # the base itself is asked for too: all its rows
+            continue
+        conds.append(and_(pcol == key, _type_cond(col.table.c.target_type, sorted(targets))))
+    return conds[0] if len(conds) == 1 else or_(*conds)
 
 
 class RCols:
@@ -187,7 +206,8 @@ class SqlCompiler:
             param = sp.code + ":of-type"
         t = table
         # correlated: EXISTS (this row's index rows), served by the (rid) index
-        cond = pid_cond(t.c.pid, crit.res_types, param, by_rid=correlated)
+        cond = pid_cond(t.c.pid, crit.res_types, param, by_rid=correlated,
+                        registry=self.registry)
         sub = select(t.c.rid).where(t.c.rid == r.rid, cond) if correlated \
             else select(t.c.rid).where(cond)
         negate = bool(crit.missing) if crit.missing is not None else mod == "not"
@@ -258,8 +278,8 @@ class SqlCompiler:
         else:
             link = tuple_(ref.c.target_type, ref.c.target_id).in_(
                 select(tr.res_type, tr.res_id).where(*conds))
-        sub = select(ref.c.rid).where(pid_cond(ref.c.pid, crit.res_types, crit.param.code),
-                                      link)
+        sub = select(ref.c.rid).where(pid_cond(ref.c.pid, crit.res_types, crit.param.code,
+                                               registry=self.registry), link)
         return r.rid.in_(sub)
 
     def _has(self, crit: Criterion, r: RCols, types: tuple[str, ...]) -> ColumnElement:
@@ -277,12 +297,14 @@ class SqlCompiler:
                      else self.criterion(inner_crit, src, (crit.has_type,)))
             return (select(ref.c.rid).join(src.t, src.rid == ref.c.rid)
                     .where(ref.c.target_id == r.res_id, ref.c.target_type == target_type,
-                           ref.c.pid == param_key(crit.has_type, crit.has_param),
+                           pid_cond(ref.c.pid, (crit.has_type,), crit.has_param,
+                                    registry=self.registry),
                            src.deleted == false(), inner)).exists()
         inner = self.criterion(crit.inner, src, (crit.has_type,))
         sub = (select(ref.c.target_id)
                .join(src.t, src.rid == ref.c.rid)
-               .where(ref.c.pid == param_key(crit.has_type, crit.has_param),
+               .where(pid_cond(ref.c.pid, (crit.has_type,), crit.has_param,
+                               registry=self.registry),
                       ref.c.target_type == target_type,
                       src.deleted == false(), inner))
         return r.res_id.in_(sub)
@@ -317,8 +339,9 @@ class SqlCompiler:
             own = and_(r.res_type == t, r.res_id == cid) if t == ctype else None
             if params:
                 ref = sp_reference.alias()
-                sub = select(ref.c.rid).where(pid_cond(ref.c.pid, (t,), params),
-                                              ref.c.target_type == ctype, ref.c.target_id == cid)
+                sub = select(ref.c.rid).where(
+                    pid_cond(ref.c.pid, (t,), params, registry=self.registry),
+                    ref.c.target_type == ctype, ref.c.target_id == cid)
                 linked = and_(r.res_type == t, r.rid.in_(sub)) if len(types) > 1 else r.rid.in_(sub)
                 ors.append(or_(linked, own) if own is not None else linked)
             elif own is not None:
@@ -348,7 +371,8 @@ class SqlCompiler:
         # the rid leads: the (rid) index serves it (SQLite without statistics might
         # otherwise scan the parameter's rows through (pid, ...))
         return (select(fn(col)).where(t.c.rid == r.rid,
-                                      pid_cond(t.c.pid, types, sp.code, by_rid=True))
+                                      pid_cond(t.c.pid, types, sp.code, by_rid=True,
+                                               registry=self.registry))
                 .scalar_subquery())
 
 

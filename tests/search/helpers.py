@@ -1,7 +1,9 @@
 """Test data without the repository: insert a resource row and its index rows, as the store does."""
 from __future__ import annotations
 
+import glob
 import itertools
+import os
 import time
 
 import orjson
@@ -77,3 +79,21 @@ def parse_qs(qs: str) -> list[tuple[str, str]]:
         k, _, v = pair.partition("=")
         out.append((unquote_plus(k), unquote_plus(v)))
     return out
+
+
+#: the official R4 examples package (``make test-data``)
+EXAMPLES_PKG = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "fhir",
+                            "hl7.fhir.r4.examples-4.0.1", "package")
+
+
+def official_examples(step: int = 1):
+    """The official examples of the types R4B models (every ``step``-th file)."""
+    from fhirgw.model.resources import SUPPORTED
+
+    for f in sorted(glob.glob(os.path.join(EXAMPLES_PKG, "*.json")))[::step]:
+        try:
+            res = orjson.loads(open(f, "rb").read())
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(res, dict) and res.get("resourceType") in SUPPORTED:
+            yield res

@@ -54,9 +54,11 @@ def test_rows_shape(search):
         "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org",
                           "code": "mm[Hg]"}})
     assert set(rows) == {"token", "string", "date", "number", "quantity", "reference", "uri", "composite"}
-    ref = [r for r in rows["reference"] if r["param"] == "patient"]
-    assert ref == [{"res_type": "Observation", "param": "patient", "target_type": "Patient",
+    ref = [r for r in rows["reference"] if r["param"] == "subject"]
+    assert ref == [{"res_type": "Observation", "param": "subject", "target_type": "Patient",
                     "target_id": "p1", "url": None}]
+    # patient is subject.where(resolve() is Patient): found from subject's rows, none its own
+    assert not [r for r in rows["reference"] if r["param"] == "patient"]
     date = [r for r in rows["date"] if r["param"] == "date"][0]
     assert date["low"] == date_range("2026-01-01")[0] and date["high"] > 2 ** 61   # open end
     q = [r for r in rows["quantity"] if r["param"] == "value-quantity"][0]

@@ -122,8 +122,8 @@ def _check_c_collation(engine, migrate):
     assert len(found) == 1
 
 
-def _downgrade(eng, revision: str) -> None:
-    """Alembic's downgrade to ``revision`` on ``eng``, committed."""
+def _alembic(eng, direction: str, revision: str) -> None:
+    """Alembic's ``upgrade`` or ``downgrade`` to ``revision`` on ``eng``, committed."""
     from alembic import command
     from alembic.config import Config
 
@@ -133,8 +133,12 @@ def _downgrade(eng, revision: str) -> None:
     cfg.set_main_option("script_location", MIGRATIONS)
     with eng.connect() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+        getattr(command, direction)(cfg, revision)
         conn.commit()
+
+
+def _downgrade(eng, revision: str) -> None:
+    _alembic(eng, "downgrade", revision)
 
 
 def test_an_existing_database_loses_the_target_index_on_upgrade(db_url):
@@ -210,6 +214,7 @@ def test_index_rows_convert_to_parameter_keys_and_back(db_url):
 
         before = found()
         assert all(before), before
+        _downgrade(eng, "0007")   # the layout 0007 made (0008's downgrade adds rows)
         with eng.connect() as conn:
             rows = count(conn)
         _downgrade(eng, "0006")
@@ -220,10 +225,78 @@ def test_index_rows_convert_to_parameter_keys_and_back(db_url):
             assert conn.execute(text(
                 "SELECT count(*) FROM sp_string WHERE res_type = 'Patient' AND "
                 "param = 'nick' AND norm = 'mai'")).scalar() == 1
-        migrate(eng)
+        _alembic(eng, "upgrade", "0007")
         assert "pid" in {c["name"] for c in inspect(eng).get_columns("sp_string")}
         with eng.connect() as conn:
             assert count(conn) == rows
+        migrate(eng)
         assert found() == before
     finally:
         eng.dispose()
+
+
+def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
+    """Migration 0008: the rows of derived reference parameters (``Condition.patient``,
+    ``Appointment.patient``) that an earlier version wrote are deleted on upgrade; a
+    downgrade writes them again, the same rows the earlier extraction made; the searches
+    find the same before, between and after."""
+    from sqlalchemy import text
+
+    from fhirgw.search import SearchEngine
+    from fhirgw.search.extract import Indexer
+    from fhirgw.store.db import make_engine, migrate
+    from fhirgw.store.repository import Repository
+    from fhirgw.store.tables import param_key
+
+    eng = make_engine(db_url)
+    try:
+        migrate(eng)
+        search = SearchEngine()
+        repo = Repository(eng, search)
+        p = repo.run(lambda tx: tx.create("Patient", {"resourceType": "Patient"},
+                                          validated=True)).stored.res_id
+        g = repo.run(lambda tx: tx.create("Group", {"resourceType": "Group", "type": "person",
+                                                    "actual": True}, validated=True)).stored.res_id
+        made = [
+            {"resourceType": "Condition", "subject": {"reference": f"Patient/{p}"}},
+            {"resourceType": "Condition", "subject": {"reference": f"Group/{g}"}},
+            {"resourceType": "Appointment", "status": "booked", "participant": [
+                {"actor": {"reference": f"Patient/{p}"}, "status": "accepted"}]}]
+        for body in made:
+            repo.run(lambda tx, b=body: tx.create(b["resourceType"], b, validated=True))
+        keys = [param_key("Condition", "patient"), param_key("Appointment", "patient")]
+
+        def derived_rows(conn):
+            return sorted(tuple(r) for r in conn.execute(text(
+                "SELECT pid, target_type, target_id, url FROM sp_reference WHERE pid IN "
+                f"({', '.join(str(k) for k in keys)})")))
+
+        queries = [("Condition", [("patient", p)]), ("Condition", [("subject", f"Group/{g}")]),
+                   ("Appointment", [("patient", p)]),
+                   ("Patient", [("_has:Condition:patient:_id", "x")])]
+
+        def found():
+            return [sorted(h[1] for h in repo.run(lambda tx, t=t, q=q: tx.find(t, q, limit=None)))
+                    for t, q in queries]
+
+        before = found()
+        assert [len(x) for x in before] == [1, 1, 1, 0]
+        with eng.connect() as conn:
+            assert derived_rows(conn) == []
+        _downgrade(eng, "0007")
+        with eng.connect() as conn:
+            written = derived_rows(conn)
+        # what the extraction wrote before (their own rows) is what came back
+        old = Indexer(search.registry, derive=False)
+        expected = sorted(r for body in made
+                          for r in old.tuples(body["resourceType"], body)["reference"]
+                          if r[0] in keys)
+        assert written == expected == sorted(
+            [(keys[0], "Patient", p, None), (keys[1], "Patient", p, None)])
+        migrate(eng)
+        with eng.connect() as conn:
+            assert derived_rows(conn) == []
+        assert found() == before
+    finally:
+        eng.dispose()
+

@@ -1,0 +1,137 @@
+"""Derived reference parameters (``SearchRegistry.derived``): ``Condition.patient`` is
+``Condition.subject.where(resolve() is Patient)``, so it has no index rows of its own and
+every search on it reads ``subject``'s rows whose target is a Patient."""
+from __future__ import annotations
+
+import pytest
+
+from fhirgw.model.resources import SUPPORTED
+from fhirgw.search import SearchRegistry
+from fhirgw.search.extract import Indexer
+from fhirgw.search.registry import Derived
+from fhirgw.store.tables import param_key
+
+from .helpers import Store, official_examples
+
+
+def test_the_official_pairs():
+    reg = SearchRegistry()
+    assert reg.derived("Condition", "patient") == Derived("subject", ("Patient",))
+    assert reg.derived("Observation", "patient") == Derived("subject", ("Patient",))
+    assert reg.derived("Appointment", "patient") == Derived("actor", ("Patient",))
+    assert reg.derived("Appointment", "location") == Derived("actor", ("Location",))
+    assert reg.derived("Encounter", "practitioner") == Derived("participant", ("Practitioner",))
+    # a base has rows of its own; a parameter not of that shape is no pair
+    assert reg.derived("Condition", "subject") is None
+    assert reg.derived("AuditEvent", "patient") is None   # agent.who | entity.what, filtered
+    assert reg.derived("Patient", "general-practitioner") is None
+    pairs = [(t, c) for t in SUPPORTED for c in reg.params_for(t) if reg.derived(t, c)]
+    assert len(pairs) == 47
+    for t, c in pairs:
+        base = reg.derived(t, c).base
+        assert reg.derived(t, base) is None and reg.get(t, base).type == "reference"
+
+
+def test_a_custom_parameter_ends_the_pairing():
+    reg = SearchRegistry()
+    reg.add({"resourceType": "SearchParameter", "url": "http://example.org/sp/subject",
+             "code": "subject", "base": ["Condition"], "type": "reference",
+             "expression": "Condition.subject | Condition.asserter", "status": "active"})
+    assert reg.derived("Condition", "patient") is None     # its base is not the official one
+    assert reg.derived("Observation", "patient") == Derived("subject", ("Patient",))
+    reg.remove("http://example.org/sp/subject")
+    assert reg.derived("Condition", "patient") == Derived("subject", ("Patient",))
+
+
+def test_derived_rows_are_the_base_rows_of_those_targets():
+    """On every official example (and a few references of unusual shapes): the rows a
+    derived parameter had of its own are exactly its base's rows with one of its target
+    types, and its ``:identifier`` rows stay as they were."""
+    reg = SearchRegistry()
+    old = Indexer(reg, ["http://fhir.test/r4"], derive=False)
+    new = Indexer(reg, ["http://fhir.test/r4"])
+    odd = {"resourceType": "Condition", "id": "x", "subject": {"reference": "Group/g1"},
+           "asserter": {"reference": "Patient/p9"}}
+    shapes = [
+        {"reference": "Patient/p1"}, {"reference": "Patient/p1/_history/2"},
+        {"reference": "http://fhir.test/r4/Patient/p2"},
+        {"reference": "https://other.example/fhir/Patient/p3"},
+        {"reference": "urn:uuid:0b2e8f0a-1c1f-4a52-9a3e-54a1b1b1b1b1", "type": "Patient"},
+        {"reference": "Group/g1"}, {"type": "Patient", "identifier": {"value": "mrn-1"}},
+        {"identifier": {"system": "urn:mrn", "value": "mrn-2"}}]
+    resources = [odd, *({**odd, "subject": s} for s in shapes), *official_examples()]
+    if len(resources) < 100:
+        pytest.skip("official examples package not fetched (make test-data)")
+    compared = 0
+    for res in resources:
+        t = res["resourceType"]
+        before, after = old.tuples(t, res), new.tuples(t, res)
+        for code in reg.params_for(t):
+            d = reg.derived(t, code)
+            if d is None:
+                continue
+            own = sorted(r[1:] for r in before["reference"] if r[0] == param_key(t, code))
+            base = param_key(t, d.base)
+            found = sorted(r[1:] for r in after["reference"]
+                           if r[0] == base and r[1] in d.types)
+            assert own == found, (t, code, res.get("id"))
+            assert not [r for r in after["reference"] if r[0] == param_key(t, code)]
+            ident = param_key(t, code + ":identifier")
+            assert ([r for r in before["token"] if r[0] == ident]
+                    == [r for r in after["token"] if r[0] == ident])
+            compared += len(own)
+    assert compared > 200
+
+
+@pytest.fixture
+def world(engine):
+    store = Store(engine)
+    P = store.put
+    P({"resourceType": "Patient", "id": "p1", "name": [{"family": "Alpha"}]})
+    P({"resourceType": "Patient", "id": "p2", "name": [{"family": "Beta"}]})
+    P({"resourceType": "Group", "id": "g1", "type": "person", "actual": True})
+    P({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "House"}]})
+    P({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+       "code": {"coding": [{"system": "http://snomed.info/sct", "code": "35489007"}]}})
+    P({"resourceType": "Condition", "id": "c2", "subject": {"reference": "Group/g1"}})
+    P({"resourceType": "Condition", "id": "c3",
+       "subject": {"type": "Patient", "identifier": {"system": "urn:mrn", "value": "7"}}})
+    P({"resourceType": "Appointment", "id": "a1", "status": "booked", "participant": [
+        {"actor": {"reference": "Patient/p2"}, "status": "accepted"},
+        {"actor": {"reference": "Practitioner/dr"}, "status": "accepted"}]})
+    return store
+
+
+def test_searches_on_a_derived_parameter(world):
+    def q(res_type, qs, **kw):   # the ids found, included ones too, sorted
+        page = world.query(res_type, qs, **kw)
+        return sorted(m[1] for m in [*page.matches, *page.included])
+
+    assert q("Condition", "patient=Patient/p1") == ["c1"]
+    assert q("Condition", "patient=p1") == ["c1"]
+    assert q("Condition", "patient=Group/g1") == []          # a subject, not a patient
+    assert q("Condition", "subject=Group/g1") == ["c2"]
+    assert q("Condition", "patient:missing=true") == ["c2", "c3"]
+    assert q("Condition", "patient:missing=false") == ["c1"]
+    assert q("Condition", "patient:identifier=urn:mrn|7") == ["c3"]
+    assert q("Condition", "patient.name=alpha") == ["c1"]   # chain
+    assert q("Appointment", "patient=p2") == ["a1"]
+    assert q("Appointment", "practitioner=dr") == ["a1"]
+    assert q("Appointment", "patient=dr") == []
+    assert q("Patient", "_has:Condition:patient:code=35489007") == ["p1"]
+    assert q("Patient", "_has:Appointment:patient:status=booked") == ["p2"]
+    assert q("Condition", "patient=p1&_include=Condition:patient") == ["c1", "p1"]
+    assert q("Patient", "_id=p1&_revinclude=Condition:patient") == ["c1", "p1"]
+    assert q("Patient", "_id=p1,p2&_revinclude=Appointment:patient") == ["a1", "p1", "p2"]
+    assert q("Condition", "_id=c2&_include=Condition:patient") == ["c2"]
+    # the Patient compartment lists Condition by patient (and asserter)
+    assert q("Condition", "", compartment=("Patient", "p1")) == ["c1"]
+    assert q("Appointment", "", compartment=("Patient", "p2")) == ["a1"]
+
+
+def test_no_rows_are_written_for_a_derived_parameter(world, engine):
+    with engine.connect() as conn:
+        pids = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT pid FROM sp_reference")}
+    assert param_key("Condition", "subject") in pids
+    assert param_key("Condition", "patient") not in pids
+    assert param_key("Appointment", "patient") not in pids
