@@ -1,3 +1,4 @@
+import pytest
 from sqlalchemy import inspect
 
 from fhirgw.store.tables import param_key
@@ -300,3 +301,33 @@ def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
     finally:
         eng.dispose()
 
+
+
+def test_postgresql_bodies_are_compressed_with_lz4(pg_url):
+    """Migration 0009: new bodies on PostgreSQL use LZ4 (where the server has it); its
+    downgrade goes back to the default."""
+    from fhirgw.store.db import make_engine, migrate
+
+    def methods(eng):
+        with eng.connect() as conn:
+            return dict(conn.exec_driver_sql(
+                "SELECT attrelid::regclass::text, attcompression FROM pg_attribute "
+                "WHERE attname = 'body' AND attrelid IN ('resource'::regclass, "
+                "'resource_history'::regclass)").all())
+
+    eng = make_engine(pg_url)
+    try:
+        migrate(eng)
+        with eng.connect() as conn:
+            lz4 = conn.exec_driver_sql("SELECT count(*) FROM pg_settings WHERE name = "
+                                       "'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+                                       ).scalar()
+        if not lz4:
+            pytest.skip("this PostgreSQL is built without LZ4")
+        assert methods(eng) == {"resource": "l", "resource_history": "l"}
+        _downgrade(eng, "0008")
+        assert methods(eng) == {"resource": "p", "resource_history": "p"}
+        migrate(eng)
+        assert methods(eng) == {"resource": "l", "resource_history": "l"}
+    finally:
+        eng.dispose()

@@ -47,8 +47,9 @@ def upgrade() -> None:
     bind = op.get_bind()
     derived = _derived(bind)
     if derived is None:
-        log.warning("migration 0008: the search package is not loaded; the rows of derived "
-                    "reference parameters stay (nothing reads them)")
+        if bind.exec_driver_sql("SELECT 1 FROM sp_reference LIMIT 1").first() is not None:
+            log.warning("migration 0008: the search package is not loaded; the rows of "
+                        "derived reference parameters stay (nothing reads them)")
         return
     keys = sorted({param_key(t, code) for t, code, _base, _types in derived})
     for i in range(0, len(keys), 200):
