@@ -182,7 +182,15 @@ class Indexer:
             rows.append((pid, None, v if len(v) <= TOKEN_LEN else v[:TOKEN_LEN], None))
             return
         seen = set()
-        for v, t in values:
+        met: set | None = None   # the objects done: one shared by many elements gives
+        for v, t in values:      # its rows once (an AuditEvent's 100 entity.type codings)
+            if v.__class__ is dict:
+                if met is None:
+                    met = set()
+                mark = (id(v), t)
+                if mark in met:
+                    continue
+                met.add(mark)
             for key in token_values(v, t):
                 if key in seen:
                     continue
