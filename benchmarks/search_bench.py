@@ -74,16 +74,17 @@ def pools(engine, rng: random.Random, k: int = 60) -> dict[str, list]:
         return vals[:k]
 
     key = param_key
+    # Appointment.patient is derived (``SearchRegistry.derived``): actor's rows of Patients
     return {
         "patient": col("SELECT target_id FROM sp_reference WHERE "
-                       f"pid={key('Appointment', 'patient')} AND rid % 7 = 0 "
-                       "ORDER BY rid LIMIT 2000"),
+                       f"pid={key('Appointment', 'actor')} AND target_type='Patient' "
+                       "AND rid % 7 = 0 ORDER BY rid LIMIT 2000"),
         "owner": col("SELECT DISTINCT target_id FROM sp_reference WHERE "
                      f"pid={key('Task', 'owner')} ORDER BY target_id"),
         "family": col("SELECT DISTINCT exact FROM sp_string WHERE "
                       f"pid={key('Patient', 'family')} ORDER BY exact"),
         "mrn": col("SELECT t.code FROM sp_token t JOIN sp_reference r ON "
-                   f"r.pid={key('Appointment', 'patient')} AND r.target_type='Patient' "
+                   f"r.pid={key('Appointment', 'actor')} AND r.target_type='Patient' "
                    "JOIN resource p ON p.res_type='Patient' AND p.res_id=r.target_id AND p.rid=t.rid "
                    f"WHERE t.pid={key('Patient', 'identifier')} AND r.rid % 11 = 0 "
                    "ORDER BY r.rid LIMIT 2000"),
