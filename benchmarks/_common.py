@@ -232,9 +232,10 @@ def _bench_client(database_url: str) -> tuple[str, str]:
 
 
 @contextmanager
-def gateway(database_url: str, log_level: str = "warning"):
+def gateway(database_url: str, log_level: str = "warning", env: dict | None = None):
     """``fhirgw serve`` on a free loopback port; yields a ``Gateway`` (``gw.base`` is the FHIR
-    base URL, ``gw.headers`` an admin bearer token; ``base, proc = gw`` works too)."""
+    base URL, ``gw.headers`` an admin bearer token; ``base, proc = gw`` works too). ``env``:
+    more environment for the server (``PYTHONPATH`` to another checkout's code, say)."""
     port = free_port()
     if _cli_has_serve():
         args = [str(BIN / "fhirgw"), "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -243,7 +244,7 @@ def gateway(database_url: str, log_level: str = "warning"):
         args = [str(BIN / "python"), "-c",
                 "from fhirgw.cli import serve; serve(host='127.0.0.1', port=%d, database=%r, "
                 "workers=1, log_level=%r)" % (port, database_url, log_level)]
-    with server(args, f"http://127.0.0.1:{port}/healthz", log_name="gateway") as proc:
+    with server(args, f"http://127.0.0.1:{port}/healthz", env=env, log_name="gateway") as proc:
         wait_warm(f"http://127.0.0.1:{port}/readyz", proc)
         creds = _first_start_credentials(proc.log_path) or _bench_client(database_url)
         yield Gateway(f"http://127.0.0.1:{port}/fhir", proc, *creds)
