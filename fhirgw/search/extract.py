@@ -374,7 +374,11 @@ def token_values(v: Any, t: str | None) -> list[tuple[str | None, str | None, st
                 out.append((c.get("system"), c.get("code"),
                             normalize_string(disp) if isinstance(disp, str) else None))
         if isinstance(v.get("text"), str):
-            out.append((None, None, normalize_string(v["text"])))
+            # a text that one of the codings' displays already gives (normalized) adds no
+            # row: ``:text`` finds the value through that coding's row all the same
+            text = normalize_string(v["text"])
+            if not any(row[2] == text for row in out):
+                out.append((None, None, text))
         return out
     if t == "Coding" or (t is None and "code" in v):
         disp = v.get("display")

@@ -97,6 +97,33 @@ def test_token_coding_display_text(store):
     assert store.idset("Observation", "code:text=diastolic") == set()
 
 
+def test_a_text_equal_to_a_display_is_one_row(store, engine):
+    """A CodeableConcept whose text is what one of its codings displays (the usual case)
+    keeps one row: the coding's, which ``:text`` finds it through."""
+    from fhirgw.store.tables import param_key
+
+    store.put({"resourceType": "Condition", "id": "c1",
+               "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                    "code": "F33.1", "display": "Major depressive disorder, "
+                                    "recurrent, moderate"}],
+                        "text": "Major  depressive disorder, recurrent, MODERATE"}})
+    store.put({"resourceType": "Condition", "id": "c2",
+               "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm",
+                                    "code": "F41.1"}], "text": "Generalized anxiety disorder"}})
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT code, text FROM sp_token WHERE pid = ?"
+            if engine.dialect.name == "sqlite" else
+            "SELECT code, text FROM sp_token WHERE pid = %s",
+            (param_key("Condition", "code"),)).all()
+    assert sorted((tuple(r) for r in rows), key=lambda r: (r[0] is None, r)) == [
+        ("F33.1", "major depressive disorder, recurrent, moderate"),
+        ("F41.1", None), (None, "generalized anxiety disorder")]
+    assert store.idset("Condition", "code:text=major depressive") == {"c1"}
+    assert store.idset("Condition", "code:text=generalized") == {"c2"}
+    assert store.idset("Condition", "code=F33.1") == {"c1"}
+
+
 def test_meta_params(patients):
     assert patients.idset("Patient", "_tag=http://acme.org/tags|vip") == {"eve"}
     assert patients.idset("Patient", "_security=R") == {"eve"}
