@@ -65,18 +65,18 @@ def indexed_pairs(conn) -> set[tuple[str, str]]:
     return pairs
 
 
-def derived_params(conn) -> list[tuple[str, str, str, tuple[str, ...]]]:
-    """(type, code, base code, target types) of every derived reference parameter
-    (``SearchRegistry.derived``) with the SearchParameters stored on the database of
-    ``conn``: what migration 0008 removes the rows of, and its downgrade writes again
+def derived_params(conn) -> list[tuple[str, str, str, str, str | None, tuple[str, ...]]]:
+    """(search type, resource type, code, base code, column, values) of every derived
+    parameter (``SearchRegistry.derived``) with the SearchParameters stored on the database
+    of ``conn``: what migration 0008 removes the rows of, and its downgrade writes again
     (``store.tables.DERIVED_PARAM_SOURCES``)."""
     registry = _stored_registry(conn)
     out = []
     for rtype in sorted(SUPPORTED):
-        for code in registry.params_for(rtype):
+        for code, sp in registry.params_for(rtype).items():
             d = registry.derived(rtype, code)
             if d is not None:
-                out.append((rtype, code, d.base, d.types))
+                out.append((sp.type, rtype, code, d.base, d.column, d.values))
     return out
 
 

@@ -112,8 +112,10 @@ class Indexer:
                     parts.append((csp.type if csp else "token", j, n == len(sp.components) - 1))
                 comps = tuple(parts)
             build = getattr(self, "_" + sp.type)
-            if self.derive and sp.type == "reference" and self.registry.derived(res_type, code):
-                build = self._reference_identifiers   # its targets are its base's rows
+            if self.derive and self.registry.derived(res_type, code):
+                # its values are its base's rows: only its special rows are its own
+                build = {"reference": self._reference_identifiers,
+                         "token": self._token_specials}.get(sp.type, self._no_rows)
             programs.append(prog)
             params.append((build, code, comps, param_key(res_type, code)))
         plan = _Plan(version, Forest(programs), params,
@@ -201,13 +203,20 @@ class Indexer:
                         or text is not None and len(text) > TOKEN_LEN):
                     key = (cut(system, TOKEN_LEN), cut(value, TOKEN_LEN), cut(text, TOKEN_LEN))
                 rows.append((pid,) + key)
-            if isinstance(v, dict) and "type" in v and "value" in v \
-                    and isinstance(v["type"], dict):   # Identifier.type for :of-type
-                for c in v["type"].get("coding") or ():
-                    if isinstance(c, dict) and c.get("code"):
-                        rows.append((param_key(res_type, code + ":of-type"),
-                                     cut(c.get("system"), TOKEN_LEN),
-                                     cut(f"{c['code']}|{v['value']}", TOKEN_LEN), None))
+            if v.__class__ is dict and "type" in v and "value" in v:
+                _of_type_rows(rows, res_type, code, v)
+
+    def _token_specials(self, out: Rows, pid: int, res_type: str, code: str,
+                        values: list) -> None:
+        """A derived token parameter (``SearchRegistry.derived``): its ``:of-type`` rows
+        only (they carry its own key, which its base's rows cannot stand in for)."""
+        rows = out["token"]
+        for v, _t in values:
+            if v.__class__ is dict and "type" in v and "value" in v:
+                _of_type_rows(rows, res_type, code, v)
+
+    def _no_rows(self, out: Rows, pid: int, res_type: str, code: str, values: list) -> None:
+        """A derived parameter of a type without special rows: nothing of its own."""
 
     # string ------------------------------------------------------------
 
@@ -477,6 +486,17 @@ def quantity_values(v: Any, t: str | None = None) -> list[tuple]:
         return [(f, f, f, _CURRENCY, cut(v.get("currency"), TOKEN_LEN), None)]
     return [(f, f, f, cut(v.get("system"), TOKEN_LEN), cut(v.get("code"), TOKEN_LEN),
              cut(v.get("unit"), TOKEN_LEN))]
+
+
+def _of_type_rows(rows: list, res_type: str, code: str, v: dict) -> None:
+    """The ``<code>:of-type`` rows of an Identifier with a type (``type|value`` per coding)."""
+    typ = v["type"]
+    if typ.__class__ is not dict:
+        return
+    for c in typ.get("coding") or ():
+        if isinstance(c, dict) and c.get("code"):
+            rows.append((param_key(res_type, code + ":of-type"), cut(c.get("system"), TOKEN_LEN),
+                         cut(f"{c['code']}|{v['value']}", TOKEN_LEN), None))
 
 
 def _identifier_row(out: Rows, res_type: str, code: str, ref: dict) -> None:

@@ -93,11 +93,21 @@ class _Snapshot:
 
 @dataclass(frozen=True)
 class Derived:
-    """A reference parameter found from another one's index rows: ``patient`` on Condition
-    is ``Condition.subject.where(resolve() is Patient)``, the rows of ``subject`` whose target
-    is a Patient. ``base``: that other parameter's code; ``types``: the target types."""
+    """A parameter found from another one's index rows. ``base``: that parameter's code;
+    ``column``/``values``: the rows of the base to take, those whose ``column`` is one of
+    ``values`` (None: all of them). ``Condition.patient`` is
+    ``Condition.subject.where(resolve() is Patient)``: ``subject``'s rows whose
+    ``target_type`` is ``Patient``; ``Patient.phone`` is ``Patient.telecom.where(system =
+    'phone')``: ``telecom``'s rows whose ``system`` is ``phone``; ``Patient.phonetic`` has
+    ``Patient.name``'s expression: all of ``name``'s rows."""
     base: str
-    types: tuple[str, ...]
+    column: str | None = None
+    values: tuple[str, ...] = ()
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The target types of a reference parameter's pairing (``column`` target_type)."""
+        return self.values if self.column == "target_type" else ()
 
 
 class SearchRegistry:
@@ -137,15 +147,19 @@ class SearchRegistry:
     def derived(self, res_type: str, code: str) -> Derived | None:
         """The parameter whose index rows ``code`` on ``res_type`` is found from, if any.
 
-        A reference parameter whose expression is another reference parameter's, of the
-        same type, followed by ``.where(resolve() is T)`` (part by part for a union) has
-        no rows of its own (but for ``:identifier``): its rows would be those of the other
-        whose ``target_type`` is one of the ``T``. 47 pairs of the official R4 parameters,
-        36 of them ``patient`` = ``subject`` (``Condition``, ``Observation``, ``CarePlan``,
-        ...) and ``Appointment``'s ``patient``, ``practitioner``, ``location`` = ``actor``:
-        a third of a clinical resource's reference rows. Official parameters only: a
-        custom SearchParameter replacing either one ends the pairing (and its reindex
-        writes the rows)."""
+        Three shapes, compared on the compiled programs: a reference parameter that is
+        another's followed by ``.where(resolve() is T)`` (part by part for a union: the
+        rows of the other whose ``target_type`` is a ``T``); a token parameter that is
+        another's, of ContactPoints, Identifiers or Codings, followed by
+        ``.where(system = 'x')`` (the rows whose ``system`` is ``x``); and two parameters
+        of one type with the same expression (the one whose code sorts first has the
+        rows). Such a parameter writes no value rows of its own, only its special ones
+        (``:identifier``, ``:of-type``), whose rows the base's cannot stand in for. 71
+        pairs among the official R4 parameters: ``patient`` = ``subject`` on 36 types;
+        ``Appointment``'s ``patient``, ``practitioner``, ``location`` = ``actor``;
+        ``phone``/``email`` = ``telecom`` and ``phonetic`` = ``name`` on the person types;
+        ... Official parameters only: a custom SearchParameter replacing either one ends
+        the pairing (and its reindex writes the rows)."""
         snap = self._snap
         table = snap.derived.get(res_type)
         if table is None:
@@ -213,25 +227,44 @@ class SearchRegistry:
                         break
 
 
+#: parameter types whose pairings ``derived`` looks for (composite and special: never)
+_DERIVABLE = frozenset({"reference", "token", "string", "date", "number", "quantity", "uri"})
+#: token values whose ``system`` is the index rows' ``system`` column
+_SYSTEM_TYPES = frozenset({"ContactPoint", "Identifier", "Coding"})
+
+
 def _derivations(params: dict[str, SearchParam], res_type: str) -> dict[str, Derived]:
     """``SearchRegistry.derived`` for one type: compare the compiled programs' steps."""
-    shapes: dict[str, list[tuple]] = {}
+    shapes: dict[str, tuple[str, tuple]] = {}
     for code, sp in params.items():
-        if sp.type != "reference" or sp.custom or not sp.expression:
+        if sp.type not in _DERIVABLE or sp.custom or not sp.expression:
             continue
         prog = sp.program(res_type)
         if prog is None or prog.fallback is not None or not prog.parts:
             continue
-        shapes[code] = [tuple(step.key for step in part) for part in prog.parts]
-    by_shape = {tuple(shape): code for code, shape in shapes.items()}
+        shapes[code] = (sp.type, tuple(tuple(step.key for step in part) for part in prog.parts))
+    owner: dict[tuple, str] = {}   # (type, shape) -> the code that keeps the rows
+    for code in sorted(shapes):
+        owner.setdefault(shapes[code], code)
     out: dict[str, Derived] = {}
-    for code, shape in shapes.items():
-        if not all(len(part) > 1 and part[-1][0] == "resolve" for part in shape):
+    for code, (ptype, shape) in shapes.items():
+        same = owner[(ptype, shape)]
+        if same != code:
+            out[code] = Derived(same)
             continue
-        base = by_shape.get(tuple(part[:-1] for part in shape))
-        if base is not None and base != code:
-            types = sorted(set().union(*(part[-1][1] for part in shape)))
-            out[code] = Derived(base, tuple(types))
+        lasts = [part[-1] for part in shape if len(part) > 1]
+        if len(lasts) != len(shape):
+            continue
+        base = owner.get((ptype, tuple(part[:-1] for part in shape)))
+        if base is None or base == code:
+            continue
+        if ptype == "reference" and all(last[0] == "resolve" for last in lasts):
+            types = sorted(set().union(*(last[1] for last in lasts)))
+            out[code] = Derived(base, "target_type", tuple(types))
+        elif ptype == "token" and all(
+                last[0] == "where" and last[1] == ("system",) and part[-2][0] == "field"
+                and part[-2][2] in _SYSTEM_TYPES for last, part in zip(lasts, shape)):
+            out[code] = Derived(base, "system", tuple(sorted({last[2] for last in lasts})))
     # a base has rows of its own: never one that is derived itself
     return {code: d for code, d in out.items() if d.base not in out}
 

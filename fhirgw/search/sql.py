@@ -47,28 +47,31 @@ def pid_cond(col, types, params, *, by_rid: bool = False, registry=None) -> Colu
     parameter for each resource (the sort key of ``_sort=date``: all date rows of
     ``Appointment.date`` per Appointment).
 
-    ``registry``: on ``sp_reference``, a derived parameter (``SearchRegistry.derived``,
-    ``Condition.patient``) has no rows of its own: its rows are those of its base
-    (``subject``) whose ``target_type`` is one of its types."""
+    ``registry``: a derived parameter (``SearchRegistry.derived``, ``Condition.patient``)
+    has no rows of its own: its rows are those of its base (``subject``) whose derivation
+    column (``target_type``) holds one of its values (``Patient``), or all of them. ``col``
+    must then be the ``pid`` of the table of the parameter's type."""
     codes = (params,) if isinstance(params, str) else params
     keys: list[int] = []
-    derived: dict[int, set[str]] = {}   # base's key -> target types
-    on_refs = registry is not None and getattr(col.table, "element", col.table) is sp_reference
+    derived: dict[tuple[int, str | None], set[str]] = {}   # (base key, column) -> values
     for t in types:
         for p in codes:
-            d = registry.derived(t, p) if on_refs else None
+            d = registry.derived(t, p) if registry is not None else None
             if d is None:
                 keys.append(param_key(t, p))
             else:
-                derived.setdefault(param_key(t, d.base), set()).update(d.types)
+                derived.setdefault((param_key(t, d.base), d.column), set()).update(d.values)
     pcol = col.op("+")(literal_column("0")) if by_rid else col
     conds = []
+    for key, column in derived:
+        if column is None and key not in keys:   # all the base's rows: as the base
+            keys.append(key)
     if keys:
         conds.append(pcol == keys[0] if len(keys) == 1 else pcol.in_(keys))
-    for key, targets in derived.items():
-        if key in keys:   # the base itself is asked for too: all its rows
+    for (key, column), values in derived.items():
+        if column is None or key in keys:   # the base itself is asked for too: all its rows
             continue
-        conds.append(and_(pcol == key, _type_cond(col.table.c.target_type, sorted(targets))))
+        conds.append(and_(pcol == key, _type_cond(col.table.c[column], sorted(values))))
     return conds[0] if len(conds) == 1 else or_(*conds)
 
 

@@ -123,10 +123,11 @@ def param_of(key: int) -> tuple[str, str] | None:
 #: package adds its own when imported (the store does not import it).
 PARAM_PAIR_SOURCES: list = []
 
-#: where the derived reference parameters come from (migration 0008): functions
-#: ``(connection) -> iterable of (type, code, base code, target types)``, the parameters
-#: whose rows are their base's rows of those target types (``SearchRegistry.derived``). The
-#: search package adds its own when imported.
+#: where the derived parameters come from (migration 0008): functions ``(connection) ->
+#: iterable of (search type, resource type, code, base code, column, values)``, the
+#: parameters whose rows are their base's rows whose ``column`` is one of ``values`` (all of
+#: them when ``column`` is None; ``SearchRegistry.derived``). The search package adds its
+#: own when imported.
 DERIVED_PARAM_SOURCES: list = []
 
 

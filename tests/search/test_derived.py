@@ -1,6 +1,8 @@
-"""Derived reference parameters (``SearchRegistry.derived``): ``Condition.patient`` is
+"""Derived parameters (``SearchRegistry.derived``): ``Condition.patient`` is
 ``Condition.subject.where(resolve() is Patient)``, so it has no index rows of its own and
-every search on it reads ``subject``'s rows whose target is a Patient."""
+every search on it reads ``subject``'s rows whose target is a Patient; likewise
+``Patient.phone`` (``telecom``'s rows of system ``phone``) and ``Patient.phonetic``
+(``name``'s expression)."""
 from __future__ import annotations
 
 import pytest
@@ -9,27 +11,38 @@ from fhirgw.model.resources import SUPPORTED
 from fhirgw.search import SearchRegistry
 from fhirgw.search.extract import Indexer
 from fhirgw.search.registry import Derived
-from fhirgw.store.tables import param_key
+from fhirgw.store.tables import INDEX_COLUMNS, param_key
 
 from .helpers import Store, official_examples
 
 
+PATIENT = ("target_type", ("Patient",))
+
+
 def test_the_official_pairs():
     reg = SearchRegistry()
-    assert reg.derived("Condition", "patient") == Derived("subject", ("Patient",))
-    assert reg.derived("Observation", "patient") == Derived("subject", ("Patient",))
-    assert reg.derived("Appointment", "patient") == Derived("actor", ("Patient",))
-    assert reg.derived("Appointment", "location") == Derived("actor", ("Location",))
-    assert reg.derived("Encounter", "practitioner") == Derived("participant", ("Practitioner",))
-    # a base has rows of its own; a parameter not of that shape is no pair
+    assert reg.derived("Condition", "patient") == Derived("subject", *PATIENT)
+    assert reg.derived("Observation", "patient") == Derived("subject", *PATIENT)
+    assert reg.derived("Appointment", "patient") == Derived("actor", *PATIENT)
+    assert reg.derived("Appointment", "location") == Derived("actor", "target_type",
+                                                             ("Location",))
+    assert reg.derived("Encounter", "practitioner") == Derived("participant", "target_type",
+                                                               ("Practitioner",))
+    assert reg.derived("Patient", "phone") == Derived("telecom", "system", ("phone",))
+    assert reg.derived("Practitioner", "email") == Derived("telecom", "system", ("email",))
+    assert reg.derived("Patient", "phonetic") == Derived("name")   # the same expression
+    assert reg.derived("Condition", "patient").types == ("Patient",)
+    # a base has rows of its own; a parameter not of those shapes is no pair
     assert reg.derived("Condition", "subject") is None
+    assert reg.derived("Patient", "name") is None and reg.derived("Patient", "telecom") is None
     assert reg.derived("AuditEvent", "patient") is None   # agent.who | entity.what, filtered
     assert reg.derived("Patient", "general-practitioner") is None
+    assert reg.derived("Patient", "address-use") is None   # address.use: not a system
     pairs = [(t, c) for t in SUPPORTED for c in reg.params_for(t) if reg.derived(t, c)]
-    assert len(pairs) == 47
+    assert len(pairs) == 71
     for t, c in pairs:
         base = reg.derived(t, c).base
-        assert reg.derived(t, base) is None and reg.get(t, base).type == "reference"
+        assert reg.derived(t, base) is None and reg.get(t, base).type == reg.get(t, c).type
 
 
 def test_a_custom_parameter_ends_the_pairing():
@@ -38,15 +51,16 @@ def test_a_custom_parameter_ends_the_pairing():
              "code": "subject", "base": ["Condition"], "type": "reference",
              "expression": "Condition.subject | Condition.asserter", "status": "active"})
     assert reg.derived("Condition", "patient") is None     # its base is not the official one
-    assert reg.derived("Observation", "patient") == Derived("subject", ("Patient",))
+    assert reg.derived("Observation", "patient") == Derived("subject", *PATIENT)
     reg.remove("http://example.org/sp/subject")
-    assert reg.derived("Condition", "patient") == Derived("subject", ("Patient",))
+    assert reg.derived("Condition", "patient") == Derived("subject", *PATIENT)
 
 
-def test_derived_rows_are_the_base_rows_of_those_targets():
-    """On every official example (and a few references of unusual shapes): the rows a
-    derived parameter had of its own are exactly its base's rows with one of its target
-    types, and its ``:identifier`` rows stay as they were."""
+def test_derived_rows_are_the_base_rows_they_name():
+    """On every official example (and a few values of unusual shapes): the rows a derived
+    parameter had of its own are exactly its base's rows with one of its values in its
+    column (all of them for the same expression), and its special rows (``:identifier``,
+    ``:of-type``) stay as they were."""
     reg = SearchRegistry()
     old = Indexer(reg, ["http://fhir.test/r4"], derive=False)
     new = Indexer(reg, ["http://fhir.test/r4"])
@@ -59,35 +73,45 @@ def test_derived_rows_are_the_base_rows_of_those_targets():
         {"reference": "urn:uuid:0b2e8f0a-1c1f-4a52-9a3e-54a1b1b1b1b1", "type": "Patient"},
         {"reference": "Group/g1"}, {"type": "Patient", "identifier": {"value": "mrn-1"}},
         {"identifier": {"system": "urn:mrn", "value": "mrn-2"}}]
-    resources = [odd, *({**odd, "subject": s} for s in shapes), *official_examples()]
+    person = {"resourceType": "Patient", "id": "p", "name": [{"family": "Ödön", "given": ["A"]}],
+              "telecom": [{"system": "phone", "value": "555"}, {"system": "email", "value": "a@b"},
+                          {"system": "phone", "value": "555"}, {"value": "no system"},
+                          {"system": "fax", "value": "556"}]}
+    resources = [odd, person, *({**odd, "subject": s} for s in shapes), *official_examples()]
     if len(resources) < 100:
         pytest.skip("official examples package not fetched (make test-data)")
     compared = 0
     for res in resources:
         t = res["resourceType"]
         before, after = old.tuples(t, res), new.tuples(t, res)
-        for code in reg.params_for(t):
+        for code, sp in reg.params_for(t).items():
             d = reg.derived(t, code)
             if d is None:
                 continue
-            own = sorted(r[1:] for r in before["reference"] if r[0] == param_key(t, code))
+            kind = sp.type
+            columns = INDEX_COLUMNS[kind]
+            at = columns.index(d.column) if d.column else None
+            own = sorted(r[1:] for r in before[kind] if r[0] == param_key(t, code))
             base = param_key(t, d.base)
-            found = sorted(r[1:] for r in after["reference"]
-                           if r[0] == base and r[1] in d.types)
+            found = sorted(r[1:] for r in after[kind]
+                           if r[0] == base and (at is None or r[at] in d.values))
             assert own == found, (t, code, res.get("id"))
-            assert not [r for r in after["reference"] if r[0] == param_key(t, code)]
-            ident = param_key(t, code + ":identifier")
-            assert ([r for r in before["token"] if r[0] == ident]
-                    == [r for r in after["token"] if r[0] == ident])
+            assert not [r for r in after[kind] if r[0] == param_key(t, code)]
+            for special in (code + ":identifier", code + ":of-type"):
+                key = param_key(t, special)
+                assert ([r for r in before["token"] if r[0] == key]
+                        == [r for r in after["token"] if r[0] == key])
             compared += len(own)
-    assert compared > 200
+    assert compared > 300
 
 
 @pytest.fixture
 def world(engine):
     store = Store(engine)
     P = store.put
-    P({"resourceType": "Patient", "id": "p1", "name": [{"family": "Alpha"}]})
+    P({"resourceType": "Patient", "id": "p1", "name": [{"family": "Alpha"}],
+       "telecom": [{"system": "phone", "value": "+1-555-0101"},
+                   {"system": "email", "value": "alpha@example.org"}]})
     P({"resourceType": "Patient", "id": "p2", "name": [{"family": "Beta"}]})
     P({"resourceType": "Group", "id": "g1", "type": "person", "actual": True})
     P({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "House"}]})
@@ -124,6 +148,14 @@ def test_searches_on_a_derived_parameter(world):
     assert q("Patient", "_id=p1&_revinclude=Condition:patient") == ["c1", "p1"]
     assert q("Patient", "_id=p1,p2&_revinclude=Appointment:patient") == ["a1", "p1", "p2"]
     assert q("Condition", "_id=c2&_include=Condition:patient") == ["c2"]
+    assert q("Patient", "phone=%2B1-555-0101") == ["p1"]
+    assert q("Patient", "email=%2B1-555-0101") == []              # a phone, not an email
+    assert q("Patient", "email=alpha@example.org") == ["p1"]
+    assert q("Patient", "telecom=alpha@example.org") == ["p1"]
+    assert q("Patient", "phone:missing=true") == ["p2"]
+    assert q("Patient", "phonetic=alph") == ["p1"]
+    assert q("Patient", "phonetic:exact=Beta") == ["p2"]
+    assert q("Patient", "_sort=phonetic") == ["p1", "p2"]
     # the Patient compartment lists Condition by patient (and asserter)
     assert q("Condition", "", compartment=("Patient", "p1")) == ["c1"]
     assert q("Appointment", "", compartment=("Patient", "p2")) == ["a1"]
@@ -135,3 +167,8 @@ def test_no_rows_are_written_for_a_derived_parameter(world, engine):
     assert param_key("Condition", "subject") in pids
     assert param_key("Condition", "patient") not in pids
     assert param_key("Appointment", "patient") not in pids
+    with engine.connect() as conn:
+        keys = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT pid FROM sp_token")}
+        names = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT pid FROM sp_string")}
+    assert param_key("Patient", "telecom") in keys and param_key("Patient", "phone") not in keys
+    assert param_key("Patient", "name") in names and param_key("Patient", "phonetic") not in names

@@ -237,10 +237,10 @@ def test_index_rows_convert_to_parameter_keys_and_back(db_url):
 
 
 def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
-    """Migration 0008: the rows of derived reference parameters (``Condition.patient``,
-    ``Appointment.patient``) that an earlier version wrote are deleted on upgrade; a
-    downgrade writes them again, the same rows the earlier extraction made; the searches
-    find the same before, between and after."""
+    """Migration 0008: the rows of derived parameters (``Condition.patient``,
+    ``Appointment.patient``, ``Patient.phone``, ``Patient.phonetic``) that an earlier version
+    wrote are deleted on upgrade; a downgrade writes them again, the same rows the earlier
+    extraction made; the searches find the same before, between and after."""
     from sqlalchemy import text
 
     from fhirgw.search import SearchEngine
@@ -254,53 +254,60 @@ def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
         migrate(eng)
         search = SearchEngine()
         repo = Repository(eng, search)
-        p = repo.run(lambda tx: tx.create("Patient", {"resourceType": "Patient"},
-                                          validated=True)).stored.res_id
+        person = {"resourceType": "Patient", "name": [{"family": "Lindqvist"}],
+                  "telecom": [{"system": "phone", "value": "555-0101"},
+                              {"system": "email", "value": "maja@example.org"}]}
+        p = repo.run(lambda tx: tx.create("Patient", person, validated=True)).stored.res_id
         g = repo.run(lambda tx: tx.create("Group", {"resourceType": "Group", "type": "person",
                                                     "actual": True}, validated=True)).stored.res_id
         made = [
+            person,
             {"resourceType": "Condition", "subject": {"reference": f"Patient/{p}"}},
             {"resourceType": "Condition", "subject": {"reference": f"Group/{g}"}},
             {"resourceType": "Appointment", "status": "booked", "participant": [
                 {"actor": {"reference": f"Patient/{p}"}, "status": "accepted"}]}]
-        for body in made:
+        for body in made[1:]:
             repo.run(lambda tx, b=body: tx.create(b["resourceType"], b, validated=True))
-        keys = [param_key("Condition", "patient"), param_key("Appointment", "patient")]
+        keys = {"reference": [param_key("Condition", "patient"),
+                              param_key("Appointment", "patient")],
+                "token": [param_key("Patient", "phone"), param_key("Patient", "email")],
+                "string": [param_key("Patient", "phonetic")]}
 
         def derived_rows(conn):
-            return sorted(tuple(r) for r in conn.execute(text(
-                "SELECT pid, target_type, target_id, url FROM sp_reference WHERE pid IN "
-                f"({', '.join(str(k) for k in keys)})")))
+            return {kind: sorted(tuple(r) for r in conn.execute(text(
+                f"SELECT * FROM sp_{kind} WHERE pid IN ({', '.join(str(k) for k in ks)})")))
+                for kind, ks in keys.items()}
 
         queries = [("Condition", [("patient", p)]), ("Condition", [("subject", f"Group/{g}")]),
-                   ("Appointment", [("patient", p)]),
-                   ("Patient", [("_has:Condition:patient:_id", "x")])]
+                   ("Appointment", [("patient", p)]), ("Patient", [("phone", "555-0101")]),
+                   ("Patient", [("email", "maja@example.org")]), ("Patient", [("phonetic", "lind")])]
 
         def found():
             return [sorted(h[1] for h in repo.run(lambda tx, t=t, q=q: tx.find(t, q, limit=None)))
                     for t, q in queries]
 
         before = found()
-        assert [len(x) for x in before] == [1, 1, 1, 0]
+        assert [len(x) for x in before] == [1, 1, 1, 1, 1, 1]
         with eng.connect() as conn:
-            assert derived_rows(conn) == []
+            assert derived_rows(conn) == {"reference": [], "token": [], "string": []}
         _downgrade(eng, "0007")
         with eng.connect() as conn:
             written = derived_rows(conn)
-        # what the extraction wrote before (their own rows) is what came back
+        # what the extraction wrote before (their own rows) is what came back, without rid
         old = Indexer(search.registry, derive=False)
-        expected = sorted(r for body in made
-                          for r in old.tuples(body["resourceType"], body)["reference"]
-                          if r[0] in keys)
-        assert written == expected == sorted(
-            [(keys[0], "Patient", p, None), (keys[1], "Patient", p, None)])
+        for kind, ks in keys.items():
+            expected = sorted(r for body in made
+                              for r in old.tuples(body["resourceType"], body)[kind]
+                              if r[0] in ks)
+            assert sorted(r[1:] for r in written[kind]) == expected, kind
+        assert len(written["reference"]) == 2 and len(written["token"]) == 2 \
+            and len(written["string"]) == 1
         migrate(eng)
         with eng.connect() as conn:
-            assert derived_rows(conn) == []
+            assert derived_rows(conn) == {"reference": [], "token": [], "string": []}
         assert found() == before
     finally:
         eng.dispose()
-
 
 
 def test_postgresql_bodies_are_compressed_with_lz4(pg_url):
