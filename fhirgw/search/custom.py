@@ -144,15 +144,38 @@ class CustomParameters:
         self.pending.pop(url, None)
 
     def warnings_for(self, query) -> list[Issue]:
-        """A warning for each searched parameter whose reindex is still running."""
+        """A warning for each searched parameter whose reindex is still running, and for
+        each that a running reindex writes rows for: an official parameter derived from
+        another (``SearchRegistry.derived``) whose pairing a custom one ended has rows of
+        its own again, which the reindex of its type writes."""
         if not self.pending:
             return []
+        reindexing = {t for types in self.pending.values() for t in types}
         out = []
         for c in getattr(query, "criteria", []):
             p = getattr(c, "param", None)
-            if p is not None and p.url in self.pending:
-                out.append(Issue(f"Search parameter {p.code!r} was added recently and existing "
-                                 "resources are still being reindexed; results may be "
-                                 "incomplete until the reindex finishes", code="incomplete",
-                                 severity="warning"))
+            if p is None:
+                continue
+            if p.url in self.pending:
+                what = "was added recently and existing resources are still being reindexed"
+            elif any(t in reindexing and self.registry.derived(t, p.code) is None
+                     and _official().derived(t, p.code) is not None
+                     for t in getattr(c, "res_types", ())):
+                what = ("reads rows of its own since a SearchParameter added recently "
+                        "replaced the one it was derived from, and existing resources are "
+                        "still being reindexed")
+            else:
+                continue
+            out.append(Issue(f"Search parameter {p.code!r} {what}; results may be incomplete "
+                             "until the reindex finishes", code="incomplete", severity="warning"))
         return out
+
+
+_OFFICIAL_REGISTRY: list[SearchRegistry] = []
+
+
+def _official() -> SearchRegistry:
+    """The official parameters alone (what pairs when no custom one interferes)."""
+    if not _OFFICIAL_REGISTRY:
+        _OFFICIAL_REGISTRY.append(SearchRegistry())
+    return _OFFICIAL_REGISTRY[0]

@@ -80,8 +80,9 @@ class Indexer:
                  derive: bool = True):
         self.registry = registry
         self.base_urls = tuple(u.rstrip("/") + "/" for u in base_urls if u)
-        #: leave out the target rows of derived parameters (``SearchRegistry.derived``);
-        #: False writes them as for any other (to compare, and the migration's downgrade)
+        #: leave out the value rows of derived parameters (``SearchRegistry.derived``): their
+        #: base's rows stand in for them. False writes them as for any other parameter (the
+        #: rows an earlier version wrote: to compare with)
         self.derive = derive
         self._plans: dict[str, _Plan] = {}
 
@@ -274,8 +275,8 @@ class Indexer:
     def _reference_identifiers(self, out: Rows, key: int, res_type: str, code: str,
                                values: list) -> None:
         """A derived reference parameter (``SearchRegistry.derived``): its ``:identifier``
-        rows only (a logical reference's identifier says nothing of its type, so its base
-        parameter's identifier rows cannot stand in for them)."""
+        rows only (they carry its own key; its base's identifier rows, of every type of
+        target, cannot stand in for them)."""
         for v, _t in values:
             if isinstance(v, dict):
                 _identifier_row(out, res_type, code, v)

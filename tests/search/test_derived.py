@@ -172,3 +172,30 @@ def test_no_rows_are_written_for_a_derived_parameter(world, engine):
         names = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT pid FROM sp_string")}
     assert param_key("Patient", "telecom") in keys and param_key("Patient", "phone") not in keys
     assert param_key("Patient", "name") in names and param_key("Patient", "phonetic") not in names
+
+
+def test_a_parameter_paired_again_warns_while_its_type_reindexes(engine):
+    """A custom ``telecom`` ends ``phone``'s pairing: until the reindex of Patient it
+    started has written ``phone``'s own rows, a search on ``phone`` says it may miss some."""
+    from fhirgw.search import SearchEngine
+    from fhirgw.search.custom import CustomParameters
+
+    reg = SearchRegistry()
+    custom = CustomParameters(reg, engine)
+    url = "http://example.org/sp/telecom"
+    reg.add({"resourceType": "SearchParameter", "url": url, "code": "telecom",
+             "base": ["Patient"], "type": "token", "status": "active",
+             "expression": "Patient.telecom | Patient.contact.telecom"})
+    search = SearchEngine(reg)
+    phone = search.parse("Patient", [("phone", "555")])
+    observation = search.parse("Observation", [("patient", "p1")])
+    assert custom.warnings_for(phone) == []          # no reindex running
+    custom.pending[url] = ("Patient",)
+    issues = custom.warnings_for(phone)
+    assert len(issues) == 1 and issues[0].code == "incomplete"
+    assert "'phone'" in issues[0].diagnostics and "replaced" in issues[0].diagnostics
+    assert custom.warnings_for(observation) == []    # still paired, nothing to wait for
+    assert "was added recently" in custom.warnings_for(
+        search.parse("Patient", [("telecom", "555")]))[0].diagnostics
+    custom.reindexed(url)
+    assert custom.warnings_for(phone) == []
