@@ -67,16 +67,16 @@ def indexed_pairs(conn) -> set[tuple[str, str]]:
 
 def derived_params(conn) -> list[tuple[str, str, str, str, str | None, tuple[str, ...]]]:
     """(search type, resource type, code, base code, column, values) of every derived
-    parameter (``SearchRegistry.derived``) with the SearchParameters stored on the database
-    of ``conn``: what migration 0008 removes the rows of, and its downgrade writes again
-    (``store.tables.DERIVED_PARAM_SOURCES``)."""
+    parameter (``SearchRegistry.derived``; one per part of a union) with the
+    SearchParameters stored on the database of ``conn``: what migration 0008 removes the
+    rows of, and its downgrade writes again (``store.tables.DERIVED_PARAM_SOURCES``)."""
     registry = _stored_registry(conn)
     out = []
     for rtype in sorted(SUPPORTED):
         for code, sp in registry.params_for(rtype).items():
             d = registry.derived(rtype, code)
-            if d is not None:
-                out.append((sp.type, rtype, code, d.base, d.column, d.values))
+            for term in d.terms if d is not None else ():   # one per part of a union
+                out.append((sp.type, rtype, code, term.base, term.column, term.values))
     return out
 
 

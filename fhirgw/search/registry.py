@@ -103,11 +103,18 @@ class Derived:
     base: str
     column: str | None = None
     values: tuple[str, ...] = ()
+    #: a union's further parts (``Observation.combo-code`` = ``code`` | ``component-code``)
+    more: tuple["Derived", ...] = ()
 
     @property
     def types(self) -> tuple[str, ...]:
         """The target types of a reference parameter's pairing (``column`` target_type)."""
         return self.values if self.column == "target_type" else ()
+
+    @property
+    def terms(self) -> tuple["Derived", ...]:
+        """Each part: the parameter's rows are the union of theirs."""
+        return (Derived(self.base, self.column, self.values), *self.more)
 
 
 class SearchRegistry:
@@ -147,14 +154,15 @@ class SearchRegistry:
     def derived(self, res_type: str, code: str) -> Derived | None:
         """The parameter whose index rows ``code`` on ``res_type`` is found from, if any.
 
-        Three shapes, compared on the compiled programs: a reference parameter that is
+        Four shapes, compared on the compiled programs: a reference parameter that is
         another's followed by ``.where(resolve() is T)`` (part by part for a union: the
         rows of the other whose ``target_type`` is a ``T``); a token parameter that is
         another's, of ContactPoints, Identifiers or Codings, followed by
-        ``.where(system = 'x')`` (the rows whose ``system`` is ``x``); and two parameters
-        of one type with the same expression (the one whose code sorts first has the
-        rows). Such a parameter writes no value rows of its own, only its special ones
-        (``:identifier``, ``:of-type``), whose rows the base's cannot stand in for. 71
+        ``.where(system = 'x')`` (the rows whose ``system`` is ``x``); two parameters of
+        one type with the same expression (the one whose code sorts first has the rows);
+        and a union whose every part is one of those or another parameter's expression
+        (``Observation.combo-code`` = ``code`` | ``component-code``: ``terms``). Such a parameter writes no value rows of its own, only its special ones
+        (``:identifier``, ``:of-type``), whose rows the base's cannot stand in for. 75
         pairs among the official R4 parameters: ``patient`` = ``subject`` on 36 types;
         ``Appointment``'s ``patient``, ``practitioner``, ``location`` = ``actor``;
         ``phone``/``email`` = ``telecom`` and ``phonetic`` = ``name`` on the person types;
@@ -252,21 +260,39 @@ def _derivations(params: dict[str, SearchParam], res_type: str) -> dict[str, Der
         if same != code:
             out[code] = Derived(same)
             continue
-        lasts = [part[-1] for part in shape if len(part) > 1]
-        if len(lasts) != len(shape):
-            continue
-        base = owner.get((ptype, tuple(part[:-1] for part in shape)))
-        if base is None or base == code:
-            continue
-        if ptype == "reference" and all(last[0] == "resolve" for last in lasts):
-            types = sorted(set().union(*(last[1] for last in lasts)))
-            out[code] = Derived(base, "target_type", tuple(types))
-        elif ptype == "token" and all(
-                last[0] == "where" and last[1] == ("system",) and part[-2][0] == "field"
-                and part[-2][2] in _SYSTEM_TYPES for last, part in zip(lasts, shape)):
-            out[code] = Derived(base, "system", tuple(sorted({last[2] for last in lasts})))
+        found = _filtered(ptype, shape, owner, code)
+        if found is None and len(shape) > 1:   # a union: each part another's (filtered)
+            terms = [_filtered(ptype, (part,), owner, code) or
+                     (Derived(owner[(ptype, (part,))])
+                      if owner.get((ptype, (part,)), code) != code else None)
+                     for part in shape]
+            if all(terms):
+                found = Derived(terms[0].base, terms[0].column, terms[0].values,
+                                tuple(terms[1:]))
+        if found is not None:
+            out[code] = found
     # a base has rows of its own: never one that is derived itself
-    return {code: d for code, d in out.items() if d.base not in out}
+    return {code: d for code, d in out.items() if not any(t.base in out for t in d.terms)}
+
+
+def _filtered(ptype: str, shape: tuple, owner: dict, code: str) -> Derived | None:
+    """``shape`` as another parameter's followed, part by part, by a filter the index
+    rows can apply: ``resolve() is T`` on references (``target_type``), ``system = 'x'`` on
+    tokens of ContactPoints, Identifiers or Codings (``system``)."""
+    lasts = [part[-1] for part in shape if len(part) > 1]
+    if len(lasts) != len(shape):
+        return None
+    base = owner.get((ptype, tuple(part[:-1] for part in shape)))
+    if base is None or base == code:
+        return None
+    if ptype == "reference" and all(last[0] == "resolve" for last in lasts):
+        types = sorted(set().union(*(last[1] for last in lasts)))
+        return Derived(base, "target_type", tuple(types))
+    if ptype == "token" and all(
+            last[0] == "where" and last[1] == ("system",) and part[-2][0] == "field"
+            and part[-2][2] in _SYSTEM_TYPES for last, part in zip(lasts, shape)):
+        return Derived(base, "system", tuple(sorted({last[2] for last in lasts})))
+    return None
 
 
 _OFFICIAL: list[dict] | None = None

@@ -59,8 +59,10 @@ def pid_cond(col, types, params, *, by_rid: bool = False, registry=None) -> Colu
             d = registry.derived(t, p) if registry is not None else None
             if d is None:
                 keys.append(param_key(t, p))
-            else:
-                derived.setdefault((param_key(t, d.base), d.column), set()).update(d.values)
+                continue
+            for term in d.terms:   # a union's parts: each another parameter's rows
+                derived.setdefault((param_key(t, term.base), term.column),
+                                   set()).update(term.values)
     pcol = col.op("+")(literal_column("0")) if by_rid else col
     conds = []
     for key, column in derived:

@@ -35,14 +35,20 @@ def test_the_official_pairs():
     # a base has rows of its own; a parameter not of those shapes is no pair
     assert reg.derived("Condition", "subject") is None
     assert reg.derived("Patient", "name") is None and reg.derived("Patient", "telecom") is None
-    assert reg.derived("AuditEvent", "patient") is None   # agent.who | entity.what, filtered
+    # unions: each part another's rows (filtered)
+    assert reg.derived("Observation", "combo-code") == Derived(
+        "code", more=(Derived("component-code"),))
+    assert reg.derived("AuditEvent", "patient") == Derived(
+        "agent", *PATIENT, more=(Derived("entity", *PATIENT),))
+    assert reg.derived("Observation", "combo-value-quantity") is None   # value.as(Quantity)
     assert reg.derived("Patient", "general-practitioner") is None
     assert reg.derived("Patient", "address-use") is None   # address.use: not a system
     pairs = [(t, c) for t in SUPPORTED for c in reg.params_for(t) if reg.derived(t, c)]
-    assert len(pairs) == 71
+    assert len(pairs) == 75
     for t, c in pairs:
-        base = reg.derived(t, c).base
-        assert reg.derived(t, base) is None and reg.get(t, base).type == reg.get(t, c).type
+        for term in reg.derived(t, c).terms:
+            assert reg.derived(t, term.base) is None
+            assert reg.get(t, term.base).type == reg.get(t, c).type
 
 
 def test_a_custom_parameter_ends_the_pairing():
@@ -90,11 +96,13 @@ def test_derived_rows_are_the_base_rows_they_name():
                 continue
             kind = sp.type
             columns = INDEX_COLUMNS[kind]
-            at = columns.index(d.column) if d.column else None
-            own = sorted(r[1:] for r in before[kind] if r[0] == param_key(t, code))
-            base = param_key(t, d.base)
-            found = sorted(r[1:] for r in after[kind]
-                           if r[0] == base and (at is None or r[at] in d.values))
+            own = {r[1:] for r in before[kind] if r[0] == param_key(t, code)}
+            found = set()
+            for term in d.terms:   # a union's parts each name rows of their own base
+                at = columns.index(term.column) if term.column else None
+                base = param_key(t, term.base)
+                found |= {r[1:] for r in after[kind]
+                          if r[0] == base and (at is None or r[at] in term.values)}
             assert own == found, (t, code, res.get("id"))
             assert not [r for r in after[kind] if r[0] == param_key(t, code)]
             for special in (code + ":identifier", code + ":of-type"):
@@ -120,6 +128,16 @@ def world(engine):
     P({"resourceType": "Condition", "id": "c2", "subject": {"reference": "Group/g1"}})
     P({"resourceType": "Condition", "id": "c3",
        "subject": {"type": "Patient", "identifier": {"system": "urn:mrn", "value": "7"}}})
+    P({"resourceType": "Observation", "id": "o1", "status": "final",
+       "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+       "subject": {"reference": "Patient/p1"},
+       "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                      "valueQuantity": {"value": 120}}]})
+    P({"resourceType": "AuditEvent", "id": "ae1", "recorded": "2026-01-01T00:00:00Z",
+       "type": {"code": "rest"}, "source": {"observer": {"display": "fhirgw"}},
+       "agent": [{"requestor": True, "who": {"display": "EHR"}}],
+       "entity": [{"what": {"reference": "Condition/c1"}},
+                  {"what": {"reference": "Patient/p1"}}]})
     P({"resourceType": "Appointment", "id": "a1", "status": "booked", "participant": [
         {"actor": {"reference": "Patient/p2"}, "status": "accepted"},
         {"actor": {"reference": "Practitioner/dr"}, "status": "accepted"}]})
@@ -148,6 +166,13 @@ def test_searches_on_a_derived_parameter(world):
     assert q("Patient", "_id=p1&_revinclude=Condition:patient") == ["c1", "p1"]
     assert q("Patient", "_id=p1,p2&_revinclude=Appointment:patient") == ["a1", "p1", "p2"]
     assert q("Condition", "_id=c2&_include=Condition:patient") == ["c2"]
+    assert q("Observation", "combo-code=85354-9") == ["o1"]        # the code
+    assert q("Observation", "combo-code=http://loinc.org|8480-6") == ["o1"]   # a component's
+    assert q("Observation", "code=8480-6") == []
+    assert q("Observation", "combo-code:missing=true") == []
+    assert q("AuditEvent", "patient=p1") == ["ae1"]               # an entity that is a Patient
+    assert q("AuditEvent", "patient=Condition/c1") == []
+    assert q("AuditEvent", "entity=Condition/c1") == ["ae1"]
     assert q("Patient", "phone=%2B1-555-0101") == ["p1"]
     assert q("Patient", "email=%2B1-555-0101") == []              # a phone, not an email
     assert q("Patient", "email=alpha@example.org") == ["p1"]
@@ -171,6 +196,9 @@ def test_no_rows_are_written_for_a_derived_parameter(world, engine):
         keys = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT pid FROM sp_token")}
         names = {r[0] for r in conn.exec_driver_sql("SELECT DISTINCT pid FROM sp_string")}
     assert param_key("Patient", "telecom") in keys and param_key("Patient", "phone") not in keys
+    assert param_key("Observation", "code") in keys
+    assert param_key("Observation", "combo-code") not in keys
+    assert param_key("AuditEvent", "patient") not in pids
     assert param_key("Patient", "name") in names and param_key("Patient", "phonetic") not in names
 
 

@@ -265,12 +265,17 @@ def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
             {"resourceType": "Condition", "subject": {"reference": f"Patient/{p}"}},
             {"resourceType": "Condition", "subject": {"reference": f"Group/{g}"}},
             {"resourceType": "Appointment", "status": "booked", "participant": [
-                {"actor": {"reference": f"Patient/{p}"}, "status": "accepted"}]}]
+                {"actor": {"reference": f"Patient/{p}"}, "status": "accepted"}]},
+            {"resourceType": "Observation", "status": "final",
+             "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+             "component": [{"code": {"coding": [{"system": "http://loinc.org",
+                                                 "code": "8480-6"}]}}]}]
         for body in made[1:]:
             repo.run(lambda tx, b=body: tx.create(b["resourceType"], b, validated=True))
         keys = {"reference": [param_key("Condition", "patient"),
                               param_key("Appointment", "patient")],
-                "token": [param_key("Patient", "phone"), param_key("Patient", "email")],
+                "token": [param_key("Patient", "phone"), param_key("Patient", "email"),
+                          param_key("Observation", "combo-code")],
                 "string": [param_key("Patient", "phonetic")]}
 
         def derived_rows(conn):
@@ -280,14 +285,15 @@ def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
 
         queries = [("Condition", [("patient", p)]), ("Condition", [("subject", f"Group/{g}")]),
                    ("Appointment", [("patient", p)]), ("Patient", [("phone", "555-0101")]),
-                   ("Patient", [("email", "maja@example.org")]), ("Patient", [("phonetic", "lind")])]
+                   ("Patient", [("email", "maja@example.org")]), ("Patient", [("phonetic", "lind")]),
+                   ("Observation", [("combo-code", "8480-6")])]
 
         def found():
             return [sorted(h[1] for h in repo.run(lambda tx, t=t, q=q: tx.find(t, q, limit=None)))
                     for t, q in queries]
 
         before = found()
-        assert [len(x) for x in before] == [1, 1, 1, 1, 1, 1]
+        assert [len(x) for x in before] == [1, 1, 1, 1, 1, 1, 1]
         with eng.connect() as conn:
             assert derived_rows(conn) == {"reference": [], "token": [], "string": []}
         _downgrade(eng, "0007")
@@ -300,7 +306,7 @@ def test_derived_parameters_lose_their_rows_and_get_them_back(db_url):
                               for r in old.tuples(body["resourceType"], body)[kind]
                               if r[0] in ks)
             assert sorted(r[1:] for r in written[kind]) == expected, kind
-        assert len(written["reference"]) == 2 and len(written["token"]) == 2 \
+        assert len(written["reference"]) == 2 and len(written["token"]) == 4 \
             and len(written["string"]) == 1
         migrate(eng)
         with eng.connect() as conn:

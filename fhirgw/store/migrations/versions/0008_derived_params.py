@@ -3,8 +3,9 @@
 ``Condition.patient`` is ``Condition.subject.where(resolve() is Patient)``: its rows were
 ``subject``'s rows whose target is a Patient, written twice; ``Patient.phone`` is
 ``telecom``'s rows whose system is ``phone``; ``Patient.phonetic`` has ``name``'s
-expression. The search engine now finds them from their base's rows
-(``SearchRegistry.derived``: 71 pairs of the official parameters), and the write path no
+expression; ``Observation.combo-code`` is ``code`` | ``component-code``. The search engine
+now finds them from their bases' rows (``SearchRegistry.derived``: 75 pairs of the
+official parameters), and the write path no
 longer writes them (their ``:identifier`` and ``:of-type`` rows stay). ``upgrade`` deletes
 the rows written before; ``downgrade`` writes them again from their base's rows, so that an
 earlier version of the gateway finds them.
