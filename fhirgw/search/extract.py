@@ -20,6 +20,9 @@ kind, under the key of a suffixed parameter code):
 * ``<code>:of-type`` (sp_token): an Identifier's type coding and value, ``code`` is
   ``<type code>|<value>``, for ``identifier:of-type=system|code|value``
 * ``_text`` (sp_string): the narrative's text content, for ``_text``
+
+A derived parameter (``SearchRegistry.derived``: ``Condition.patient`` is ``subject``'s
+rows of Patients) writes no value rows, only its special ones.
 """
 from __future__ import annotations
 
@@ -185,11 +188,11 @@ class Indexer:
             rows.append((pid, None, v if len(v) <= TOKEN_LEN else v[:TOKEN_LEN], None))
             return
         seen = set()
-        met: set | None = None   # the objects done: one shared by many elements gives
-        for v, t in values:      # its rows once (an AuditEvent's 100 entity.type codings)
-            if v.__class__ is dict:
-                if met is None:
-                    met = set()
+        # among many values, an object met again gives its rows once (an AuditEvent's 100
+        # entity.type codings are one dict); a few values are not worth the bookkeeping
+        met: set | None = set() if len(values) > 4 else None
+        for v, t in values:
+            if met is not None and v.__class__ is dict:
                 mark = (id(v), t)
                 if mark in met:
                     continue
