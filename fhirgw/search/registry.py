@@ -107,11 +107,6 @@ class Derived:
     more: tuple["Derived", ...] = ()
 
     @property
-    def types(self) -> tuple[str, ...]:
-        """The target types of a reference parameter's pairing (``column`` target_type)."""
-        return self.values if self.column == "target_type" else ()
-
-    @property
     def terms(self) -> tuple["Derived", ...]:
         """Each part: the parameter's rows are the union of theirs."""
         return (Derived(self.base, self.column, self.values), *self.more)
@@ -161,8 +156,9 @@ class SearchRegistry:
         ``.where(system = 'x')`` (the rows whose ``system`` is ``x``); two parameters of
         one type with the same expression (the one whose code sorts first has the rows);
         and a union whose every part is one of those or another parameter's expression
-        (``Observation.combo-code`` = ``code`` | ``component-code``: ``terms``). Such a parameter writes no value rows of its own, only its special ones
-        (``:identifier``, ``:of-type``), whose rows the base's cannot stand in for. 75
+        (``Observation.combo-code`` = ``code`` | ``component-code``: ``terms``). Such a
+        parameter writes no value rows of its own, only its special ones (``:identifier``,
+        ``:of-type``), whose rows the base's cannot stand in for. 75
         pairs among the official R4 parameters: ``patient`` = ``subject`` on 36 types;
         ``Appointment``'s ``patient``, ``practitioner``, ``location`` = ``actor``;
         ``phone``/``email`` = ``telecom`` and ``phonetic`` = ``name`` on the person types;
@@ -262,10 +258,7 @@ def _derivations(params: dict[str, SearchParam], res_type: str) -> dict[str, Der
             continue
         found = _filtered(ptype, shape, owner, code)
         if found is None and len(shape) > 1:   # a union: each part another's (filtered)
-            terms = [_filtered(ptype, (part,), owner, code) or
-                     (Derived(owner[(ptype, (part,))])
-                      if owner.get((ptype, (part,)), code) != code else None)
-                     for part in shape]
+            terms = [_part(ptype, part, owner, code) for part in shape]
             if all(terms):
                 found = Derived(terms[0].base, terms[0].column, terms[0].values,
                                 tuple(terms[1:]))
@@ -273,6 +266,17 @@ def _derivations(params: dict[str, SearchParam], res_type: str) -> dict[str, Der
             out[code] = found
     # a base has rows of its own: never one that is derived itself
     return {code: d for code, d in out.items() if not any(t.base in out for t in d.terms)}
+
+
+def _part(ptype: str, part: tuple, owner: dict, code: str) -> Derived | None:
+    """One part of a union as another parameter's rows: filtered (``_filtered``: a base
+    that keeps rows of its own), else all of them when that parameter's expression is the
+    part."""
+    found = _filtered(ptype, (part,), owner, code)
+    if found is not None:
+        return found
+    same = owner.get((ptype, (part,)))
+    return Derived(same) if same is not None and same != code else None
 
 
 def _filtered(ptype: str, shape: tuple, owner: dict, code: str) -> Derived | None:

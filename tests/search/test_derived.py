@@ -31,7 +31,7 @@ def test_the_official_pairs():
     assert reg.derived("Patient", "phone") == Derived("telecom", "system", ("phone",))
     assert reg.derived("Practitioner", "email") == Derived("telecom", "system", ("email",))
     assert reg.derived("Patient", "phonetic") == Derived("name")   # the same expression
-    assert reg.derived("Condition", "patient").types == ("Patient",)
+    assert reg.derived("Condition", "patient").values == ("Patient",)
     # a base has rows of its own; a parameter not of those shapes is no pair
     assert reg.derived("Condition", "subject") is None
     assert reg.derived("Patient", "name") is None and reg.derived("Patient", "telecom") is None
