@@ -17,7 +17,6 @@ how many Bundles B was faster on. Figures, not a gate.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -25,28 +24,9 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 
-from _common import (ROOT, PlainClient, gateway, pg_database, sqlite_database, still_heap,
-                     write_results)
+from _common import (ROOT, PlainClient, cpu_seconds, gateway, pg_database, sqlite_database,
+                     still_heap, write_results)
 from ingest import PER_CLIENT, bundle_bytes, make_bundles
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process, its threads and its children (the validation workers)."""
-    total = 0
-    pids = [pid]
-    try:
-        pids += [int(k) for k in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    return total / CLK
 
 
 @contextmanager
@@ -82,7 +62,7 @@ def run(db: str, env_a: dict, env_b: dict, payloads: list[bytes], warm: bytes) -
             if status != 200:
                 raise SystemExit(f"{side}: warm-up transaction failed: {status} {body[:300]!r}")
             clients[side], procs[side] = client, gw.proc.pid
-        before = {side: cpu_seconds(pid) for side, pid in procs.items()}
+        before = {side: cpu_seconds(pid, with_children=True) for side, pid in procs.items()}
         with still_heap():
             for i, payload in enumerate(payloads):
                 for side in (("A", "B") if i % 2 == 0 else ("B", "A")):
@@ -91,7 +71,8 @@ def run(db: str, env_a: dict, env_b: dict, payloads: list[bytes], warm: bytes) -
                     walls[side].append(time.perf_counter() - t0)
                     if status != 200:
                         raise SystemExit(f"{side}: transaction failed: {status} {body[:300]!r}")
-        cpu = {side: cpu_seconds(pid) - before[side] for side, pid in procs.items()}
+        cpu = {side: cpu_seconds(pid, with_children=True) - before[side]
+               for side, pid in procs.items()}
     return {"walls": walls, "cpu": cpu}
 
 

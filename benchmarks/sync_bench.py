@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from sqlalchemy import func, select
 
-from benchmarks._common import BIN, free_port, wait_ready
+from benchmarks._common import BIN, cpu_seconds, free_port, wait_ready
 
 CT = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 
@@ -48,15 +48,6 @@ def start_partner(tmp: str):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"{base}/metadata", proc)
     return proc, base
-
-
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main() -> None:
@@ -118,7 +109,7 @@ def main() -> None:
         n = args.referrals
         for i in range(n):
             repo.run(lambda tx, i=i: referral(tx, i))
-        cpu0, pcpu0 = time.process_time(), _cpu(proc.pid)
+        cpu0, pcpu0 = time.process_time(), cpu_seconds(proc.pid)
         t0 = time.perf_counter()
         worker.start()
         while counts().get("sent", 0) < n:
@@ -126,7 +117,7 @@ def main() -> None:
                 raise SystemExit(f"timed out: {counts()}")
             time.sleep(0.01)
         dt = time.perf_counter() - t0
-        cpu, pcpu = time.process_time() - cpu0, _cpu(proc.pid) - pcpu0
+        cpu, pcpu = time.process_time() - cpu0, cpu_seconds(proc.pid) - pcpu0
         print(f"throughput: {n} referrals ({3 * n} resources) in {dt:.2f}s = "
               f"{3 * n / dt:.0f} resources/s ({n / dt:.0f} referrals/s), "
               f"concurrency {args.concurrency}; outbox {counts()}")
