@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from ..model.errors import BadRequest, FhirError, Issue
 from ..model.resources import R4_TYPES, SUPPORTED, loads
-from ..store.tables import DERIVED_PARAM_SOURCES, PARAM_PAIR_SOURCES
+from ..store.tables import DERIVED_PARAM_SOURCES, PARAM_PAIR_SOURCES, WHOLE_PARAM_SOURCES
 from ..store.watch import StoredResourceWatcher
-from .registry import SearchParam, SearchRegistry
+from .registry import SearchParam, SearchRegistry, _derivations
 from .fhirpath import check_expression, compile_expression
 
 log = logging.getLogger("fhirgw.search")
@@ -67,16 +67,34 @@ def indexed_pairs(conn) -> set[tuple[str, str]]:
 
 def derived_params(conn) -> list[tuple[str, str, str, str, str | None, tuple[str, ...]]]:
     """(search type, resource type, code, base code, column, values) of every derived
-    parameter (``SearchRegistry.derived``; one per part of a union) with the
-    SearchParameters stored on the database of ``conn``: what migration 0008 removes the
-    rows of, and its downgrade writes again (``store.tables.DERIVED_PARAM_SOURCES``)."""
+    parameter (``SearchRegistry.derived``, without the wholes of migration 0010; one per
+    part of a union) with the SearchParameters stored on the database of ``conn``: what
+    migration 0008 removes the rows of, and its downgrade writes again
+    (``store.tables.DERIVED_PARAM_SOURCES``)."""
     registry = _stored_registry(conn)
     out = []
     for rtype in sorted(SUPPORTED):
-        for code, sp in registry.params_for(rtype).items():
+        params = registry.params_for(rtype)
+        for code, d in _derivations(params, rtype, wholes=False).items():
+            for term in d.terms:   # one per part of a union
+                out.append((params[code].type, rtype, code, term.base, term.column,
+                            term.values))
+    return out
+
+
+def whole_params(conn) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(resource type, code, the codes of its parts) of every string parameter that keeps
+    only the rows its parts do not hold (``Derived.leaves_out``: ``Patient.name`` and
+    ``family``, ``given``) with the SearchParameters stored on the database of ``conn``:
+    what migration 0010 removes the parts' rows from, and its downgrade copies back
+    (``store.tables.WHOLE_PARAM_SOURCES``)."""
+    registry = _stored_registry(conn)
+    out = []
+    for rtype in sorted(SUPPORTED):
+        for code in registry.params_for(rtype):
             d = registry.derived(rtype, code)
-            for term in d.terms if d is not None else ():   # one per part of a union
-                out.append((sp.type, rtype, code, term.base, term.column, term.values))
+            if d is not None and d.leaves_out:
+                out.append((rtype, code, tuple(t.base for t in d.more)))
     return out
 
 
@@ -95,6 +113,7 @@ def _stored_registry(conn) -> SearchRegistry:
 
 PARAM_PAIR_SOURCES.append(indexed_pairs)
 DERIVED_PARAM_SOURCES.append(derived_params)
+WHOLE_PARAM_SOURCES.append(whole_params)
 
 
 class CustomParameters:
@@ -158,11 +177,12 @@ class CustomParameters:
                 continue
             if p.url in self.pending:
                 what = "was added recently and existing resources are still being reindexed"
-            elif any(t in reindexing and self.registry.derived(t, p.code) is None
+            elif any(t in reindexing and self.registry.derived(t, p.code)
+                     != _official().derived(t, p.code)
                      and _official().derived(t, p.code) is not None
                      for t in getattr(c, "res_types", ())):
                 what = ("reads rows of its own since a SearchParameter added recently "
-                        "replaced the one it was derived from, and existing resources are "
+                        "replaced one it was derived from, and existing resources are "
                         "still being reindexed")
             else:
                 continue

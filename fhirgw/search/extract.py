@@ -116,7 +116,12 @@ class Indexer:
                     parts.append((csp.type if csp else "token", j, n == len(sp.components) - 1))
                 comps = tuple(parts)
             build = getattr(self, "_" + sp.type)
-            if self.derive and self.registry.derived(res_type, code):
+            derived = self.registry.derived(res_type, code) if self.derive else None
+            if derived is not None and derived.leaves_out:
+                # a whole (``Patient.name``): the fields its parts' rows hold are left out
+                build = functools.partial(self._string_rest,
+                                          _STRING_SKIP | frozenset(derived.leaves_out))
+            elif derived is not None:
                 # its values are its base's rows: only its special rows are its own
                 build = {"reference": self._reference_identifiers,
                          "token": self._token_specials}.get(sp.type, self._no_rows)
@@ -235,6 +240,22 @@ class Indexer:
         seen = set()
         for v, _t in values:
             for s in string_values(v):
+                if s in seen:
+                    continue
+                seen.add(s)
+                norm = normalize_string(s)
+                if norm:
+                    rows.append((key, norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
+
+    def _string_rest(self, skip: frozenset, out: Rows, key: int, res_type: str, code: str,
+                     values: list) -> None:
+        """A whole's own rows (``SearchRegistry.derived``, ``leaves_out``): the strings of
+        its HumanNames or Addresses but those of the fields in ``skip`` (``family`` and
+        ``given`` of ``Patient.name``, whose own parameters' rows hold them)."""
+        rows = out["string"]
+        seen = set()
+        for v, _t in values:
+            for s in string_values(v, skip):
                 if s in seen:
                     continue
                 seen.add(s)
@@ -415,14 +436,15 @@ def token_values(v: Any, t: str | None) -> list[tuple[str | None, str | None, st
     return []
 
 
-def string_values(v: Any) -> list[str]:
-    """The strings of one string-typed value: itself, or every part of a HumanName/Address."""
+def string_values(v: Any, skip: frozenset = _STRING_SKIP) -> list[str]:
+    """The strings of one string-typed value: itself, or every part of a HumanName/Address
+    (but the keys in ``skip``, at its top level)."""
     if isinstance(v, str):
         return [v]
     if isinstance(v, dict):
         out: list[str] = []
         for k, x in v.items():
-            if k in _STRING_SKIP:
+            if k in skip:
                 continue
             if isinstance(x, str):
                 out.append(x)

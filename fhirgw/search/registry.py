@@ -105,11 +105,20 @@ class Derived:
     values: tuple[str, ...] = ()
     #: a union's further parts (``Observation.combo-code`` = ``code`` | ``component-code``)
     more: tuple["Derived", ...] = ()
+    #: a whole whose parts have parameters of their own (``Patient.name``: ``family`` and
+    #: ``given``; ``base`` is then the parameter itself): the fields of the element
+    #: (``HumanName``, ``Address``) its own rows leave out, found in the rows of ``more``
+    leaves_out: tuple[str, ...] = ()
 
     @property
     def terms(self) -> tuple["Derived", ...]:
         """Each part: the parameter's rows are the union of theirs."""
         return (Derived(self.base, self.column, self.values), *self.more)
+
+    @property
+    def own_rows(self) -> bool:
+        """Does the parameter keep rows of its own (a whole, see ``leaves_out``)?"""
+        return bool(self.leaves_out)
 
 
 class SearchRegistry:
@@ -237,8 +246,10 @@ _DERIVABLE = frozenset({"reference", "token", "string", "date", "number", "quant
 _SYSTEM_TYPES = frozenset({"ContactPoint", "Identifier", "Coding"})
 
 
-def _derivations(params: dict[str, SearchParam], res_type: str) -> dict[str, Derived]:
-    """``SearchRegistry.derived`` for one type: compare the compiled programs' steps."""
+def _derivations(params: dict[str, SearchParam], res_type: str, *,
+                 wholes: bool = True) -> dict[str, Derived]:
+    """``SearchRegistry.derived`` for one type: compare the compiled programs' steps.
+    ``wholes=False``: without the string wholes (``_wholes``; what migration 0008 knew)."""
     shapes: dict[str, tuple[str, tuple]] = {}
     for code, sp in params.items():
         if sp.type not in _DERIVABLE or sp.custom or not sp.expression:
@@ -265,7 +276,48 @@ def _derivations(params: dict[str, SearchParam], res_type: str) -> dict[str, Der
         if found is not None:
             out[code] = found
     # a base has rows of its own: never one that is derived itself
-    return {code: d for code, d in out.items() if not any(t.base in out for t in d.terms)}
+    out = {code: d for code, d in out.items() if not any(t.base in out for t in d.terms)}
+    if not wholes:
+        return out
+    found_wholes = _wholes(shapes, out)
+    for code, d in list(out.items()):
+        # the same expression as a whole (``Patient.phonetic`` is ``name``): its parts too
+        whole = found_wholes.get(d.base)
+        if whole is not None and d.column is None and not d.more:
+            out[code] = Derived(d.base, more=whole.more)
+    out.update(found_wholes)
+    return out
+
+
+#: element types whose string search takes every string part (``extract.string_values``)
+_STRING_WHOLES = frozenset({"HumanName", "Address"})
+
+
+def _wholes(shapes: dict[str, tuple[str, tuple]], derived: dict[str, Derived]
+            ) -> dict[str, Derived]:
+    """String parameters of a HumanName or Address (``Patient.name``) some of whose fields
+    have parameters of their own (``family`` = ``Patient.name.family``, ``given``): the
+    whole's rows of those fields are the same as the parts' rows, so it keeps rows only
+    for the others (``text``, ``prefix``, ``suffix``) and finds the rest in the parts'
+    rows. Parts and wholes that are derived themselves do not count."""
+    parts_of: dict[tuple, list[tuple[str, str]]] = {}
+    for code, (ptype, shape) in shapes.items():
+        if ptype != "string" or len(shape) != 1 or code in derived or len(shape[0]) < 2:
+            continue
+        last = shape[0][-1]
+        if last[0] == "field":
+            parts_of.setdefault(shape[0][:-1], []).append((last[1], code))
+    out: dict[str, Derived] = {}
+    for code, (ptype, shape) in shapes.items():
+        if ptype != "string" or len(shape) != 1 or code in derived:
+            continue
+        last = shape[0][-1]
+        parts = parts_of.get(shape[0])
+        if parts and last[0] == "field" and last[2] in _STRING_WHOLES:
+            parts = sorted(parts, key=lambda fp: fp[1])
+            out[code] = Derived(code, more=tuple(Derived(c) for _f, c in parts),
+                                leaves_out=tuple(sorted({f for f, _c in parts})))
+    return out
 
 
 def _part(ptype: str, part: tuple, owner: dict, code: str) -> Derived | None:

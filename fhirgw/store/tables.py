@@ -130,6 +130,12 @@ PARAM_PAIR_SOURCES: list = []
 #: own when imported.
 DERIVED_PARAM_SOURCES: list = []
 
+#: where the string wholes come from (migration 0010): functions ``(connection) -> iterable
+#: of (resource type, code, part codes)``, the parameters (``Patient.name``) whose rows
+#: leave out the values their parts' rows (``family``, ``given``) hold
+#: (``SearchRegistry.derived``, ``leaves_out``). The search package adds its own.
+WHOLE_PARAM_SOURCES: list = []
+
 
 # ---------------------------------------------------------------- index tables
 

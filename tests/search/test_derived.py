@@ -6,6 +6,7 @@ every search on it reads ``subject``'s rows whose target is a Patient; likewise
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from fhirgw.model.resources import SUPPORTED
 from fhirgw.search import SearchRegistry
@@ -30,11 +31,25 @@ def test_the_official_pairs():
                                                                ("Practitioner",))
     assert reg.derived("Patient", "phone") == Derived("telecom", "system", ("phone",))
     assert reg.derived("Practitioner", "email") == Derived("telecom", "system", ("email",))
-    assert reg.derived("Patient", "phonetic") == Derived("name")   # the same expression
     assert reg.derived("Condition", "patient").values == ("Patient",)
     # a base has rows of its own; a parameter not of those shapes is no pair
     assert reg.derived("Condition", "subject") is None
-    assert reg.derived("Patient", "name") is None and reg.derived("Patient", "telecom") is None
+    assert reg.derived("Patient", "telecom") is None and reg.derived("Patient", "family") is None
+    # wholes: a HumanName's or an Address's parameter keeps rows for the fields that have
+    # no parameter of their own, and finds the others in theirs
+    parts = (Derived("family"), Derived("given"))
+    assert reg.derived("Patient", "name") == Derived("name", more=parts,
+                                                     leaves_out=("family", "given"))
+    assert reg.derived("Practitioner", "name") == reg.derived("Patient", "name")
+    assert reg.derived("Patient", "phonetic") == Derived("name", more=parts)   # name's expression
+    assert reg.derived("Person", "phonetic") == Derived("name")   # Person: no family, given
+    assert reg.derived("Person", "name") is None
+    address = reg.derived("Location", "address")
+    assert address.base == "address" and address.leaves_out == (
+        "city", "country", "postalCode", "state")
+    assert [t.base for t in address.more] == [
+        "address-city", "address-country", "address-postalcode", "address-state"]
+    assert reg.derived("RelatedPerson", "name") is None   # no family, given
     # unions: each part another's rows (filtered)
     assert reg.derived("Observation", "combo-code") == Derived(
         "code", more=(Derived("component-code"),))
@@ -44,10 +59,14 @@ def test_the_official_pairs():
     assert reg.derived("Patient", "general-practitioner") is None
     assert reg.derived("Patient", "address-use") is None   # address.use: not a system
     pairs = [(t, c) for t in SUPPORTED for c in reg.params_for(t) if reg.derived(t, c)]
-    assert len(pairs) == 75
+    wholes = [(t, c) for t, c in pairs if reg.derived(t, c).leaves_out]
+    assert len(pairs) == 75 + len(wholes) and len(wholes) == 9
     for t, c in pairs:
         for term in reg.derived(t, c).terms:
-            assert reg.derived(t, term.base) is None
+            # a term has rows of its own: a plain parameter, or a whole (itself, or the
+            # whole of the same expression)
+            base = reg.derived(t, term.base)
+            assert base is None or (base.leaves_out and term.base in (c, reg.derived(t, c).base))
             assert reg.get(t, term.base).type == reg.get(t, c).type
 
 
@@ -60,6 +79,19 @@ def test_a_custom_parameter_ends_the_pairing():
     assert reg.derived("Observation", "patient") == Derived("subject", *PATIENT)
     reg.remove("http://example.org/sp/subject")
     assert reg.derived("Condition", "patient") == Derived("subject", *PATIENT)
+    # a custom part of a whole: the whole keeps that field's values in its own rows again
+    given = {"resourceType": "SearchParameter", "url": "http://example.org/sp/given",
+             "code": "given", "base": ["Patient"], "type": "string", "status": "active",
+             "expression": "Patient.name.where(use != 'old').given"}
+    reg.add(given)
+    assert reg.derived("Patient", "name") == Derived("name", more=(Derived("family"),),
+                                                     leaves_out=("family",))
+    rows = Indexer(reg).tuples("Patient", {"resourceType": "Patient", "name": [
+        {"family": "Lindqvist", "given": ["Maja"]}]})["string"]
+    assert (param_key("Patient", "name"), "maja", "Maja") in rows
+    assert not [r for r in rows if r[0] == param_key("Patient", "name") and r[2] == "Lindqvist"]
+    reg.remove(given["url"])
+    assert reg.derived("Patient", "name").leaves_out == ("family", "given")
 
 
 def test_derived_rows_are_the_base_rows_they_name():
@@ -79,14 +111,21 @@ def test_derived_rows_are_the_base_rows_they_name():
         {"reference": "urn:uuid:0b2e8f0a-1c1f-4a52-9a3e-54a1b1b1b1b1", "type": "Patient"},
         {"reference": "Group/g1"}, {"type": "Patient", "identifier": {"value": "mrn-1"}},
         {"identifier": {"system": "urn:mrn", "value": "mrn-2"}}]
-    person = {"resourceType": "Patient", "id": "p", "name": [{"family": "Ödön", "given": ["A"]}],
+    person = {"resourceType": "Patient", "id": "p",
+              "name": [{"family": "Ödön", "given": ["A"]},
+                       {"text": "Dr. A. Ödön", "prefix": ["Dr."], "given": ["A", "B"],
+                        "suffix": ["Ödön"], "_given": [None, {"extension": [
+                            {"url": "http://example.org/x", "valueString": "hidden"}]}]}],
+              "address": [{"line": ["1 Main St", "Apt 2"], "city": "Springfield",
+                           "state": "IL", "postalCode": "62701", "district": "Sangamon",
+                           "text": "1 Main St, Springfield"}, {"city": "Springfield"}],
               "telecom": [{"system": "phone", "value": "555"}, {"system": "email", "value": "a@b"},
                           {"system": "phone", "value": "555"}, {"value": "no system"},
                           {"system": "fax", "value": "556"}]}
     resources = [odd, person, *({**odd, "subject": s} for s in shapes), *official_examples()]
     if len(resources) < 100:
         pytest.skip("official examples package not fetched (make test-data)")
-    compared = 0
+    compared = wholes = 0
     for res in resources:
         t = res["resourceType"]
         before, after = old.tuples(t, res), new.tuples(t, res)
@@ -104,13 +143,18 @@ def test_derived_rows_are_the_base_rows_they_name():
                 found |= {r[1:] for r in after[kind]
                           if r[0] == base and (at is None or r[at] in term.values)}
             assert own == found, (t, code, res.get("id"))
-            assert not [r for r in after[kind] if r[0] == param_key(t, code)]
+            kept = {r[1:] for r in after[kind] if r[0] == param_key(t, code)}
+            if d.leaves_out:   # a whole: its own rows are its fields' but the parts'
+                assert kept <= own
+                wholes += len(kept) < len(own)
+            else:
+                assert not kept
             for special in (code + ":identifier", code + ":of-type"):
                 key = param_key(t, special)
                 assert ([r for r in before["token"] if r[0] == key]
                         == [r for r in after["token"] if r[0] == key])
             compared += len(own)
-    assert compared > 300
+    assert compared > 300 and wholes > 20
 
 
 @pytest.fixture
@@ -121,6 +165,11 @@ def world(engine):
        "telecom": [{"system": "phone", "value": "+1-555-0101"},
                    {"system": "email", "value": "alpha@example.org"}]})
     P({"resourceType": "Patient", "id": "p2", "name": [{"family": "Beta"}]})
+    P({"resourceType": "Patient", "id": "p3",
+       "name": [{"text": "Dr. Maja Lindqvist", "prefix": ["Dr."], "family": "Lindqvist",
+                 "given": ["Maja"]}],
+       "address": [{"line": ["1 Main St"], "city": "Springfield", "state": "IL",
+                    "postalCode": "62701"}]})
     P({"resourceType": "Group", "id": "g1", "type": "person", "actual": True})
     P({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "House"}]})
     P({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
@@ -177,10 +226,31 @@ def test_searches_on_a_derived_parameter(world):
     assert q("Patient", "email=%2B1-555-0101") == []              # a phone, not an email
     assert q("Patient", "email=alpha@example.org") == ["p1"]
     assert q("Patient", "telecom=alpha@example.org") == ["p1"]
-    assert q("Patient", "phone:missing=true") == ["p2"]
+    assert q("Patient", "phone:missing=true") == ["p2", "p3"]
     assert q("Patient", "phonetic=alph") == ["p1"]
     assert q("Patient", "phonetic:exact=Beta") == ["p2"]
-    assert q("Patient", "_sort=phonetic") == ["p1", "p2"]
+    assert q("Patient", "phonetic=maja") == ["p3"]                # a given name
+    # a whole: its own rows (text, prefix, line) and its parts' (family, given, city, ...)
+    assert q("Patient", "name=alph") == ["p1"]
+    assert q("Patient", "name=maja") == ["p3"]
+    assert q("Patient", "name=dr") == ["p3"]
+    assert q("Patient", "name:exact=Dr. Maja Lindqvist") == ["p3"]
+    assert q("Patient", "name:exact=Lindqvist") == ["p3"]
+    assert q("Patient", "name:contains=ndqv") == ["p3"]
+    assert q("Patient", "name=springfield") == []
+    assert q("Patient", "name:missing=true") == []
+    assert q("Patient", "given=dr") == []                          # a prefix, not a given name
+    assert q("Patient", "address=springfield") == ["p3"]
+    assert q("Patient", "address=1 main") == ["p3"]
+    assert q("Patient", "address=62701") == ["p3"]
+    assert q("Patient", "address-city=springfield") == ["p3"]
+    assert q("Patient", "address:missing=true") == ["p1", "p2"]
+    assert q("Patient", "address-state=springfield") == []
+    assert q("Practitioner", "name=house") == ["dr"]
+    # sorted by the least (the greatest, descending) of all of the rows
+    assert [m[1] for m in world.query("Patient", "_sort=name").matches] == ["p1", "p2", "p3"]
+    assert [m[1] for m in world.query("Patient", "_sort=-name").matches] == ["p3", "p2", "p1"]
+    assert [m[1] for m in world.query("Patient", "_sort=phonetic").matches] == ["p1", "p2", "p3"]
     # the Patient compartment lists Condition by patient (and asserter)
     assert q("Condition", "", compartment=("Patient", "p1")) == ["c1"]
     assert q("Appointment", "", compartment=("Patient", "p2")) == ["a1"]
@@ -199,7 +269,13 @@ def test_no_rows_are_written_for_a_derived_parameter(world, engine):
     assert param_key("Observation", "code") in keys
     assert param_key("Observation", "combo-code") not in keys
     assert param_key("AuditEvent", "patient") not in pids
-    assert param_key("Patient", "name") in names and param_key("Patient", "phonetic") not in names
+    assert param_key("Patient", "phonetic") not in names
+    assert param_key("Patient", "family") in names and param_key("Patient", "given") in names
+    with engine.connect() as conn:   # a whole: only the strings its parts do not hold
+        own = sorted(r[0] for r in conn.execute(text(
+            "SELECT exact FROM sp_string WHERE pid IN (:n, :a)"),
+            {"n": param_key("Patient", "name"), "a": param_key("Patient", "address")}))
+    assert own == ["1 Main St", "Dr.", "Dr. Maja Lindqvist"]
 
 
 def test_a_parameter_paired_again_warns_while_its_type_reindexes(engine):
@@ -227,3 +303,14 @@ def test_a_parameter_paired_again_warns_while_its_type_reindexes(engine):
         search.parse("Patient", [("telecom", "555")]))[0].diagnostics
     custom.reindexed(url)
     assert custom.warnings_for(phone) == []
+    # a whole whose part a custom one replaced writes that part's values itself again
+    url = "http://example.org/sp/family"
+    reg.add({"resourceType": "SearchParameter", "url": url, "code": "family",
+             "base": ["Patient"], "type": "string", "status": "active",
+             "expression": "Patient.name.where(use = 'official').family"})
+    name = search.parse("Patient", [("name", "lindq")])
+    custom.pending[url] = ("Patient",)
+    issues = custom.warnings_for(name)
+    assert len(issues) == 1 and "'name'" in issues[0].diagnostics
+    custom.reindexed(url)
+    assert custom.warnings_for(name) == []

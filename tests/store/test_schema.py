@@ -344,3 +344,78 @@ def test_postgresql_bodies_are_compressed_with_lz4(pg_url):
         assert methods(eng) == {"resource": "l", "resource_history": "l"}
     finally:
         eng.dispose()
+
+
+def test_the_rows_of_names_and_addresses_that_their_parts_hold_go_and_come_back(db_url):
+    """Migration 0010: ``Patient.name`` and ``address`` (and the other wholes,
+    ``SearchRegistry.derived`` with ``leaves_out``) lose the rows that ``family``,
+    ``given``, ``address-city``, ... hold for the same resource on upgrade; a downgrade
+    writes them again, the rows the earlier extraction made; the searches find the same
+    before, between and after."""
+    from sqlalchemy import text
+
+    from fhirgw.search import SearchEngine
+    from fhirgw.search.extract import Indexer
+    from fhirgw.store.db import make_engine, migrate
+    from fhirgw.store.repository import Repository
+    from fhirgw.store.tables import param_key
+
+    eng = make_engine(db_url)
+    try:
+        migrate(eng)
+        search = SearchEngine()
+        repo = Repository(eng, search)
+        made = [
+            {"resourceType": "Patient",
+             "name": [{"text": "Dr. Maja Lindqvist", "prefix": ["Dr."], "family": "Lindqvist",
+                       "given": ["Maja", "Elin"]}, {"use": "nickname", "given": ["Mai"]}],
+             "address": [{"line": ["1 Main St"], "city": "Springfield", "state": "IL",
+                          "postalCode": "62701", "text": "Springfield"}]},
+            {"resourceType": "Practitioner", "name": [{"family": "House", "suffix": ["MD"]}]},
+            {"resourceType": "Location", "name": "Clinic",
+             "address": {"city": "Shelbyville", "country": "US"}}]
+        for body in made:
+            repo.run(lambda tx, b=body: tx.create(b["resourceType"], b, validated=True))
+        keys = sorted(param_key(t, c) for t, c in (
+            ("Patient", "name"), ("Patient", "address"), ("Practitioner", "name"),
+            ("Practitioner", "address"), ("Location", "address")))
+
+        def whole_rows(conn):
+            return sorted(tuple(r)[1:] for r in conn.execute(text(
+                f"SELECT * FROM sp_string WHERE pid IN ({', '.join(map(str, keys))})")))
+
+        queries = [("Patient", [("name", "maja")]), ("Patient", [("name", "dr")]),
+                   ("Patient", [("name:exact", "Springfield")]), ("Patient", [("name", "mai")]),
+                   ("Patient", [("address", "springfield")]), ("Patient", [("address", "1 main")]),
+                   ("Practitioner", [("name", "md")]), ("Practitioner", [("name", "hou")]),
+                   ("Location", [("address", "shelby")]), ("Location", [("address", "us")])]
+
+        def found():
+            return [sorted(h[1] for h in repo.run(lambda tx, t=t, q=q: tx.find(t, q, limit=None)))
+                    for t, q in queries]
+
+        before = found()
+        assert [len(x) for x in before] == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+        with eng.connect() as conn:
+            now = whole_rows(conn)
+        # the strings of fields without a parameter of their own, and a text that is also
+        # a city: kept (written by the extraction, which does not compare the values)
+        assert sorted(r[-1] for r in now) == ["1 Main St", "Dr.", "Dr. Maja Lindqvist", "MD",
+                                              "Springfield"]
+        _downgrade(eng, "0009")
+        with eng.connect() as conn:
+            written = whole_rows(conn)
+        # the earlier extraction's rows, without rid
+        old = Indexer(search.registry, derive=False)
+        expected = sorted(r for body in made for r in old.tuples(body["resourceType"], body)
+                          ["string"] if r[0] in keys)
+        assert written == expected
+        assert found() == before
+        migrate(eng)
+        with eng.connect() as conn:
+            # the text that is also a city goes with the rest (the parts hold it)
+            assert sorted(r[-1] for r in whole_rows(conn)) == ["1 Main St", "Dr.",
+                                                               "Dr. Maja Lindqvist", "MD"]
+        assert found() == before
+    finally:
+        eng.dispose()
