@@ -34,6 +34,11 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def is_sqlite_file(engine: Engine) -> bool:
+    """A SQLite database in a file (WAL), not in memory."""
+    return is_sqlite(engine) and (engine.url.database or "") not in ("", ":memory:")
+
+
 #: parameter types the sqlite3 module binds only after asking for an adapter, and the C
 #: callables that hand each over unchanged (a bool as its int): NULL index columns, the
 #: ``deleted`` flags, the bodies
@@ -180,8 +185,7 @@ class WalCheckpointer:
 
     @property
     def applies(self) -> bool:
-        db = self.engine.url.database or ""
-        return is_sqlite(self.engine) and db not in ("", ":memory:")
+        return is_sqlite_file(self.engine)
 
     def _committed(self, _conn) -> None:
         self._dirty = True

@@ -33,7 +33,9 @@ from ..model import resources as res
 from ..model.ids import new_id
 from ..model.errors import (BadRequest, FhirError, Gone, NotFound, PreconditionFailed,
                             TooManyMatches, Unprocessable)
+from . import cacheflush
 from .bulk import INDEX_ROW_COLUMNS, Batch, add_index_rows
+from .db import is_sqlite_file
 from .fastread import FastReader
 from .tables import INDEX_TABLES, resource, resource_history
 
@@ -252,6 +254,9 @@ class Repository:
         self.rules: list[WriteRule] = []
         #: called once the unit of work has committed, with every version it wrote
         self.after_commit: list[Callable[[list[Stored]], None]] = []
+        #: SQLite file databases: a unit that waits before it commits (``commit_checks``)
+        #: writes its pages to the WAL first (``store.cacheflush``); decided on first use
+        self._flush_early: bool | None = None if is_sqlite_file(engine) else False
 
     @contextmanager
     def connect(self, write: bool = False):
@@ -281,6 +286,8 @@ class Repository:
                             for rule in self.rules:
                                 rule.before_commit(tx)
                         tx.send()
+                        if tx.commit_checks and self.flush_early:
+                            cacheflush.flush(conn.connection.driver_connection)
                     finally:   # also after a rule failed: then a check's error comes first
                         for check in tx.commit_checks:
                             check()
@@ -296,6 +303,13 @@ class Repository:
                 for callback in self.after_commit:
                     callback(tx.written)
             return result
+
+    @property
+    def flush_early(self) -> bool:
+        """Does a unit that waits before its commit write its pages to the WAL first?"""
+        if self._flush_early is None:
+            self._flush_early = cacheflush.available()
+        return self._flush_early
 
     def _retryable(self, exc: DBAPIError) -> bool:
         code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
