@@ -370,7 +370,7 @@ def test_a_commit_check_error_wins_over_rows_failing_when_sent(engine):
         assert c.execute(text("SELECT count(*) FROM resource")).scalar() == 0
 
 
-def test_resource_keys_come_from_a_block_drawn_per_process(engine):
+def test_resource_keys_come_from_a_block_drawn_per_process(engine, monkeypatch):
     """PostgreSQL: keys are drawn from the sequence RID_BLOCK at a time and handed out by
     the repository (one process), so most writes need no round trip for them; a larger
     write draws what it needs. Keys never repeat: across units, threads, units that roll
@@ -382,6 +382,7 @@ def test_resource_keys_come_from_a_block_drawn_per_process(engine):
     import fhirgw.store.repository as R
     from fhirgw.model.ids import new_id
     pg = engine.dialect.name == "postgresql"
+    monkeypatch.setattr(R, "RID_BLOCK", 200)   # fewer keys to write than the 4,096
     draws = []
     listener = lambda conn, cur, stmt, *a: draws.append(1) if "nextval" in stmt else None
     event.listen(engine, "before_cursor_execute", listener)
@@ -411,7 +412,29 @@ def test_resource_keys_come_from_a_block_drawn_per_process(engine):
         event.remove(engine, "before_cursor_execute", listener)
     with engine.connect() as c:
         rids = [r for (r,) in c.execute(text("SELECT rid FROM resource"))]
+        first = sorted(r for (r,) in c.execute(text(
+            "SELECT rid FROM resource ORDER BY rid LIMIT 30")))
     assert len(rids) == len(set(rids)) == 10 + 20 + R.RID_BLOCK + 5 + 3 * 15 * 3
+    assert first == list(range(first[0], first[0] + 30))   # one block, handed out in order
+    if pg:
+        # one nextval a block: the sequence's step is the block (migration 0011); a
+        # database whose sequence steps by 1 (before it) still gets unique keys
+        assert repo.rid_sequence[1] == 256
+        old = Repository(engine, NoSearch())
+        with engine.begin() as c:
+            seq = c.execute(text("SELECT pg_get_serial_sequence('resource', 'rid')")).scalar()
+            c.execute(text(f"ALTER SEQUENCE {seq} INCREMENT BY 1"))
+        try:
+            old.run(lambda tx: tx.create_many([("Patient", pat(), new_id()) for _ in range(5)]))
+            repo.run(lambda tx: tx.create_many([("Patient", pat(), new_id())
+                                                for _ in range(R.RID_BLOCK)]))
+        finally:
+            with engine.begin() as c:
+                c.execute(text(f"ALTER SEQUENCE {seq} INCREMENT BY 256"))
+        assert old.rid_sequence[1] == 1
+        with engine.connect() as c:
+            rids = [r for (r,) in c.execute(text("SELECT rid FROM resource"))]
+        assert len(rids) == len(set(rids))
 
 
 def test_a_batch_runs_its_statements_in_order(engine, monkeypatch):

@@ -419,3 +419,26 @@ def test_the_rows_of_names_and_addresses_that_their_parts_hold_go_and_come_back(
         assert found() == before
     finally:
         eng.dispose()
+
+
+def test_postgresql_resource_keys_step_by_blocks(pg_url):
+    """Migration 0011: each value of ``resource.rid``'s sequence ends a block of 256 keys
+    (``Tx._new_rids``); its downgrade steps by 1 again."""
+    from fhirgw.store.db import make_engine, migrate
+
+    def step(eng):
+        with eng.connect() as conn:
+            return conn.exec_driver_sql(
+                "SELECT seqincrement FROM pg_sequence WHERE seqrelid = "
+                "pg_get_serial_sequence('resource', 'rid')::regclass").scalar()
+
+    eng = make_engine(pg_url)
+    try:
+        migrate(eng)
+        assert step(eng) == 256
+        _downgrade(eng, "0010")
+        assert step(eng) == 1
+        migrate(eng)
+        assert step(eng) == 256
+    finally:
+        eng.dispose()
