@@ -237,21 +237,13 @@ class Indexer:
             if norm:
                 rows.append((key, norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
             return
-        seen = set()
-        for v, _t in values:
-            for s in string_values(v):
-                if s in seen:
-                    continue
-                seen.add(s)
-                norm = normalize_string(s)
-                if norm:
-                    rows.append((key, norm if len(norm) <= STRING_LEN else norm[:STRING_LEN], s))
+        self._string_rest(_STRING_SKIP, out, key, res_type, code, values)
 
     def _string_rest(self, skip: frozenset, out: Rows, key: int, res_type: str, code: str,
                      values: list) -> None:
-        """A whole's own rows (``SearchRegistry.derived``, ``leaves_out``): the strings of
-        its HumanNames or Addresses but those of the fields in ``skip`` (``family`` and
-        ``given`` of ``Patient.name``, whose own parameters' rows hold them)."""
+        """The rows of several strings, or of HumanNames or Addresses but for the fields in
+        ``skip``: for a whole (``SearchRegistry.derived``, ``leaves_out``) also ``family``
+        and ``given`` of ``Patient.name``, whose own parameters' rows hold them."""
         rows = out["string"]
         seen = set()
         for v, _t in values:

@@ -618,14 +618,15 @@ class Tx:
                 seq, step = repo.rid_sequence
                 # each value the sequence gives is the last key of a block of its step
                 # (migration 0011): a block per ``nextval``; with steps of 1 (a database
-                # before it), a ``nextval`` per key. The step comes with the values (the
-                # one known may be out of date: the first draw, a migration since)
+                # before it, or after its downgrade: the values go on above every block), a
+                # ``nextval`` per key. The step comes with the values (the one known may be
+                # out of date). A new sequence's first value is 1: that block is key 1 alone
                 blocks = -(-max(RID_BLOCK, n - len(pool)) // step)
                 for last, step in self._conn.exec_driver_sql(
                         "SELECT nextval(%(s)s::regclass), (SELECT seqincrement FROM pg_sequence "
                         "WHERE seqrelid = %(s)s::regclass) FROM generate_series(1, %(n)s)",
                         {"s": seq, "n": blocks}).all():
-                    pool.extend(range(last - step + 1, last + 1))
+                    pool.extend(range(max(last - step + 1, 1), last + 1))
                 repo.rid_sequence = (seq, step)
             out = pool[:n]
             del pool[:n]

@@ -416,6 +416,7 @@ def test_resource_keys_come_from_a_block_drawn_per_process(engine, monkeypatch):
             "SELECT rid FROM resource ORDER BY rid LIMIT 30")))
     assert len(rids) == len(set(rids)) == 10 + 20 + R.RID_BLOCK + 5 + 3 * 15 * 3
     assert first == list(range(first[0], first[0] + 30))   # one block, handed out in order
+    assert min(rids) >= 1   # the first block of a new database begins at 1
     if pg:
         # one nextval a block: the sequence's step is the block (migration 0011); a
         # database whose sequence steps by 1 (before it) still gets unique keys
