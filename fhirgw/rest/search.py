@@ -50,9 +50,11 @@ def search_response(router, req, tx, types, type_for_parse, items, compartment=N
                                       "see them", severity="information", code="suppressed"))
         return found
 
+    # asked before the search runs: a reindex that ends meanwhile must not leave the results
+    # it missed without the warning (then the warning is merely cautious)
+    warnings = router.custom.warnings_for(query) if router.custom is not None else []
     page = router._run(tx, run, False)
-    if router.custom is not None:
-        page.issues.extend(router.custom.warnings_for(query))
+    page.issues.extend(warnings)
     return RestResponse(200, searchset(req, page, query), {},
                         seen=page.matches + page.included)
 
