@@ -68,11 +68,25 @@ def db_url(request):
     return request.getfixturevalue("pg_url")
 
 
-@pytest.fixture
-def engine(db_url):
+def _migrated(url: str):
+    """An engine on ``url`` with the schema migrated; the caller disposes of it."""
     from fhirgw.store.db import make_engine, migrate
 
-    eng = make_engine(db_url)
+    eng = make_engine(url)
     migrate(eng)
+    return eng
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = _migrated(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url):
+    """A migrated SQLite file database alone (for what only SQLite has, e.g. its WAL)."""
+    eng = _migrated(sqlite_url)
     yield eng
     eng.dispose()

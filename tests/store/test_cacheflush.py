@@ -13,20 +13,11 @@ from sqlalchemy import create_engine, text
 from fhirgw.model.errors import Unprocessable
 from fhirgw.search import SearchEngine
 from fhirgw.store import cacheflush
-from fhirgw.store.db import make_engine, migrate
 from fhirgw.store.repository import Repository
 
 needs_flush = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not cacheflush.available(),
     reason="early page writes need CPython on Linux with a shared SQLite library")
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url):
-    eng = make_engine(sqlite_url)
-    migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 def _patients(n: int) -> list[tuple[str, dict, str]]:
