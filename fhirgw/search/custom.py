@@ -170,6 +170,7 @@ class CustomParameters:
         if not self.pending:
             return []
         reindexing = {t for types in self.pending.values() for t in types}
+        official = _official()
         out = []
         for c in getattr(query, "criteria", []):
             p = getattr(c, "param", None)
@@ -177,9 +178,8 @@ class CustomParameters:
                 continue
             if p.url in self.pending:
                 what = "was added recently and existing resources are still being reindexed"
-            elif any(t in reindexing and self.registry.derived(t, p.code)
-                     != _official().derived(t, p.code)
-                     and _official().derived(t, p.code) is not None
+            elif any(t in reindexing and (paired := official.derived(t, p.code)) is not None
+                     and self.registry.derived(t, p.code) != paired
                      for t in getattr(c, "res_types", ())):
                 what = ("reads rows of its own since a SearchParameter added recently "
                         "replaced one it was derived from, and existing resources are "

@@ -22,7 +22,9 @@ kind, under the key of a suffixed parameter code):
 * ``_text`` (sp_string): the narrative's text content, for ``_text``
 
 A derived parameter (``SearchRegistry.derived``: ``Condition.patient`` is ``subject``'s
-rows of Patients) writes no value rows, only its special ones.
+rows of Patients) writes no value rows, only its special ones; a string whole
+(``Patient.name``) writes rows only for the fields its parts (``family``, ``given``) do not
+hold.
 """
 from __future__ import annotations
 

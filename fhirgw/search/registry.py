@@ -115,11 +115,6 @@ class Derived:
         """Each part: the parameter's rows are the union of theirs."""
         return (Derived(self.base, self.column, self.values), *self.more)
 
-    @property
-    def own_rows(self) -> bool:
-        """Does the parameter keep rows of its own (a whole, see ``leaves_out``)?"""
-        return bool(self.leaves_out)
-
 
 class SearchRegistry:
     """Search parameters by resource type (official R4 definitions by default)."""
@@ -167,8 +162,10 @@ class SearchRegistry:
         and a union whose every part is one of those or another parameter's expression
         (``Observation.combo-code`` = ``code`` | ``component-code``: ``terms``). Such a
         parameter writes no value rows of its own, only its special ones (``:identifier``,
-        ``:of-type``), whose rows the base's cannot stand in for. 75
-        pairs among the official R4 parameters: ``patient`` = ``subject`` on 36 types;
+        ``:of-type``), whose rows the base's cannot stand in for. A fifth shape, the string
+        wholes (``_wholes``: ``Patient.name`` with ``family`` and ``given``), does keep rows,
+        for the fields no part holds (``leaves_out``), and is itself the first of its
+        ``terms``. 75 pairs among the official R4 parameters, and 9 wholes: ``patient`` = ``subject`` on 36 types;
         ``Appointment``'s ``patient``, ``practitioner``, ``location`` = ``actor``;
         ``phone``/``email`` = ``telecom`` and ``phonetic`` = ``name`` on the person types;
         ... Official parameters only: a custom SearchParameter replacing either one ends

@@ -49,8 +49,9 @@ def pid_cond(col, types, params, *, by_rid: bool = False, registry=None) -> Colu
 
     ``registry``: a derived parameter (``SearchRegistry.derived``, ``Condition.patient``)
     has no rows of its own: its rows are those of its base (``subject``) whose derivation
-    column (``target_type``) holds one of its values (``Patient``), or all of them. ``col``
-    must then be the ``pid`` of the table of the parameter's type."""
+    column (``target_type``) holds one of its values (``Patient``), or all of them (a
+    string whole, ``Patient.name``, names its own rows among its terms). ``col`` must then
+    be the ``pid`` of the table of the parameter's type."""
     codes = (params,) if isinstance(params, str) else params
     keys: list[int] = []
     derived: dict[tuple[int, str | None], set[str]] = {}   # (base key, column) -> values
