@@ -137,6 +137,18 @@ DERIVED_PARAM_SOURCES: list = []
 WHOLE_PARAM_SOURCES: list = []
 
 
+def gather(sources: list, conn) -> list | None:
+    """What the functions registered in ``sources`` (``PARAM_PAIR_SOURCES``, ...) say for
+    the database of ``conn``, in one list; None when none is registered (the search
+    package is not loaded)."""
+    if not sources:
+        return None
+    out: list = []
+    for source in sources:
+        out.extend(source(conn))
+    return out
+
+
 # ---------------------------------------------------------------- index tables
 
 def _index_table(name: str, *cols: Column, value_index: tuple[str, ...]) -> Table:

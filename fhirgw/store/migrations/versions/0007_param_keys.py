@@ -113,11 +113,9 @@ def _known_pairs(bind) -> set[tuple[str, str]]:
     """Every (type, code) the gateway indexes, from the sources the search package
     registers (``tables.PARAM_PAIR_SOURCES``: the standard parameters with their special
     codes, and the SearchParameters stored in the database)."""
-    from fhirgw.store.tables import PARAM_PAIR_SOURCES
+    from fhirgw.store.tables import PARAM_PAIR_SOURCES, gather
 
-    pairs: set[tuple[str, str]] = set()
-    for source in PARAM_PAIR_SOURCES:
-        pairs.update(source(bind))
+    pairs = set(gather(PARAM_PAIR_SOURCES, bind) or ())
     if not pairs:
         raise RuntimeError("no source of search parameters (import fhirgw.search first): "
                            "cannot name the index keys back")

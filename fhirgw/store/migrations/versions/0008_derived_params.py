@@ -33,14 +33,9 @@ log = logging.getLogger("fhirgw.store")
 
 
 def _derived(bind) -> list[tuple] | None:
-    from fhirgw.store.tables import DERIVED_PARAM_SOURCES
+    from fhirgw.store.tables import DERIVED_PARAM_SOURCES, gather
 
-    if not DERIVED_PARAM_SOURCES:
-        return None
-    out = []
-    for source in DERIVED_PARAM_SOURCES:
-        out.extend(source(bind))
-    return out
+    return gather(DERIVED_PARAM_SOURCES, bind)
 
 
 def _table(search_type: str) -> str:

@@ -33,14 +33,9 @@ log = logging.getLogger("fhirgw.store")
 
 
 def _wholes(bind) -> list[tuple[str, str, tuple[str, ...]]] | None:
-    from fhirgw.store.tables import WHOLE_PARAM_SOURCES
+    from fhirgw.store.tables import WHOLE_PARAM_SOURCES, gather
 
-    if not WHOLE_PARAM_SOURCES:
-        return None
-    out = []
-    for source in WHOLE_PARAM_SOURCES:
-        out.extend(source(bind))
-    return out
+    return gather(WHOLE_PARAM_SOURCES, bind)
 
 
 def _pairs(wholes) -> str:

@@ -22,22 +22,26 @@ branch_labels = None
 depends_on = None
 
 
-def _step(step: int) -> None:
-    bind = op.get_bind()
+def _sequence(bind) -> str | None:
+    """The name of ``resource.rid``'s sequence (None: not PostgreSQL)."""
     if bind.dialect.name != "postgresql":
-        return
-    seq = bind.exec_driver_sql("SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
-    bind.exec_driver_sql(f"ALTER SEQUENCE {seq} INCREMENT BY {int(step)}")
+        return None
+    return bind.exec_driver_sql("SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
 
 
 def upgrade() -> None:
-    _step(256)   # store.repository reads the step back from the sequence
     bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        # a sequence never used yet gives its start, 1, first: make that 256, a whole block
-        seq = bind.exec_driver_sql("SELECT pg_get_serial_sequence('resource', 'rid')").scalar()
-        bind.exec_driver_sql(f"SELECT setval('{seq}', 256, false) FROM {seq} WHERE NOT is_called")
+    seq = _sequence(bind)
+    if seq is None:
+        return
+    # store.repository reads the step back from the sequence
+    bind.exec_driver_sql(f"ALTER SEQUENCE {seq} INCREMENT BY 256")
+    # a sequence never used yet gives its start, 1, first: make that 256, a whole block
+    bind.exec_driver_sql(f"SELECT setval('{seq}', 256, false) FROM {seq} WHERE NOT is_called")
 
 
 def downgrade() -> None:
-    _step(1)
+    bind = op.get_bind()
+    seq = _sequence(bind)
+    if seq is not None:
+        bind.exec_driver_sql(f"ALTER SEQUENCE {seq} INCREMENT BY 1")
