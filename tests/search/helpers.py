@@ -12,6 +12,8 @@ from sqlalchemy import delete, insert, select, update
 from fhirgw.search import SearchEngine
 from fhirgw.store.tables import INDEX_TABLES, param_key, resource
 
+from ..integration.examples import PACKAGE as EXAMPLES_PACKAGE
+
 _clock = itertools.count(int(time.time() * 1_000_000))
 
 
@@ -82,8 +84,7 @@ def parse_qs(qs: str) -> list[tuple[str, str]]:
 
 
 #: the official R4 examples package (``make test-data``)
-EXAMPLES_PKG = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "fhir",
-                            "hl7.fhir.r4.examples-4.0.1", "package")
+EXAMPLES_PKG = str(EXAMPLES_PACKAGE)
 
 
 def official_examples(step: int = 1):

@@ -11,8 +11,8 @@ from fhirgw.search import SearchEngine, SearchRegistry
 from fhirgw.search.fhirpath import compile_expression
 from fhirgw.search.values import date_range, normalize_string, number_range
 
-PKG = os.path.join(os.path.dirname(__file__), "..", "..", ".cache", "fhir",
-                   "hl7.fhir.r4.examples-4.0.1", "package")
+from .helpers import EXAMPLES_PKG as PKG
+
 
 
 @pytest.fixture(scope="module")
