@@ -79,6 +79,16 @@ class BundleProcessor:
 
     # ------------------------------------------------------------ parsing
 
+    def validate_early(self, req) -> None:
+        """Hand a large transaction's body to the validation workers before anything else
+        (``ValidationPool.submit_early``): they parse it and start on its entries while
+        this request parses, authorizes and resolves them; ``_submit_validation`` adopts
+        that work."""
+        pool = self.router.validation_pool
+        if pool is not None and isinstance(req.body, bytes) and \
+                hasattr(self.router.repo.validator, "beyond_base"):
+            req.early = pool.submit_early(req.body)
+
     def process(self, req):
         bundle = req.json()
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -198,6 +208,11 @@ class BundleProcessor:
                 raw = None
             items.append((e.index, rtype, raw))
             originals[e.index] = (rtype, e.resource)
+        early, req.early = req.early, None
+        if early is not None and body is not None:
+            pending = pool.adopt(early, items, originals)
+            if pending is not None:
+                return pending
         return pool.submit(items, originals, body)
 
     def _check_entries(self, req, entries: list[Entry], pending) -> None:

@@ -44,6 +44,9 @@ class RestRequest:
     format: str = "json"                        # what the client asked for: json | html
     #: who asks (security.principal.Principal); None: the gateway itself
     principal: Any = None
+    #: a transaction's base validation, handed to the validation workers before the body
+    #: was parsed (``BundleProcessor.validate_early``)
+    early: Any = None
 
     @classmethod
     def from_url(cls, method: str, url: str, **kw) -> "RestRequest":
@@ -189,6 +192,8 @@ class Router:
             for watcher in self.watchers:  # definitions changed by another process
                 watcher.maybe_refresh()
         name, params = self.match(req.method, req.path)
+        if name == "bundle" and tx is None:
+            self.bundles.validate_early(req)   # before the body is parsed (below)
         interaction = _interaction(name, req)
         itoken = set_interaction(interaction) if tx is None else None
         token = set_current(req.principal)

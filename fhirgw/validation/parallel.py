@@ -36,6 +36,17 @@ answers in order and passes on the others'.
 For a transaction the worker gets the request body as received and the positions of the
 entries to validate, and parses it itself: the request thread does not serialise each
 resource again.
+
+A large transaction's body goes to the workers as soon as the request's thread has it,
+before that thread parses it (``submit_early``): each worker picks the entries it would
+have been handed from the body itself (``select``: POST and PUT entries of a supported
+type, split as ``plan`` splits them) and starts on them while the request parses,
+authorizes and resolves. The request then adopts that work (``adopt``) for the entries it
+would have handed over, if each worker's pick is exactly what it would have sent; a pick
+that differs (an entry's URL naming another type than its resource, say) is validated
+inline, as after a lost worker. The validation that is the longer of the two halves of a
+Bundle's work when the host is busy starts ~1 ms earlier (the parse and the entries, on
+the request's side, no longer come first).
 """
 from __future__ import annotations
 
@@ -86,6 +97,9 @@ START_TIMEOUT = 120.0
 MIN_CHUNK = 10
 #: most of a request's items its own thread may validate (see ``ValidationPool.balance``)
 MAX_INLINE_SHARE = 0.5
+#: smallest body handed to the workers before it is parsed (``submit_early``): 20 entries
+#: (``ValidationPool.min_entries``) take a few KB at the least
+EARLY_MIN_BYTES = 8192
 #: bytes of work a worker's pipe holds (Linux ``F_SETPIPE_SZ``, best effort): a request
 #: handing work to a busy worker does not wait for it to read (a 100-entry Bundle is ~300 KB)
 PIPE_BYTES = 1 << 20
@@ -157,11 +171,65 @@ def _error_data(exc: FhirError) -> tuple:
             [dict(vars(i)) for i in exc.issues], dict(exc.headers or {}))
 
 
-def validate_chunk(items: list[Item], body: bytes | None = None) -> tuple[int, str, Any] | None:
+def plan(count: int, workers: int, share: float) -> tuple[int, list[range]]:
+    """How ``count`` items of a request are shared out: how many of the last ones the
+    request keeps to validate itself (``share`` of them, but never all), and the ranges of
+    the others that go to the workers, one contiguous range per worker (at most
+    ``workers``, none smaller than ``MIN_CHUNK`` unless there is only one). The request
+    (``submit``, ``adopt``) and the workers (``validate_early``) share it out alike."""
+    kept = min(count - 1, int(count * share)) if count else 0
+    given = count - kept
+    parts = max(1, min(workers, given // MIN_CHUNK))
+    size = max(1, -(-given // parts))
+    return kept, [range(start, min(start + size, given)) for start in range(0, given, size)]
+
+
+def select(bundle: Any) -> list[tuple[int, str]]:
+    """(index, resource type) of each entry of a transaction Bundle that its request hands
+    to base validation, as far as the body alone tells: POST and PUT entries whose
+    resource is of a supported type (the request names the type from the entry's URL;
+    where the two differ, the request does not take the worker's verdict). Empty for
+    anything but a transaction."""
+    if not isinstance(bundle, dict) or bundle.get("type") != "transaction":
+        return []
+    entries = bundle.get("entry")
+    out = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+        if not isinstance(entry, dict):
+            continue
+        request, resource = entry.get("request"), entry.get("resource")
+        if not isinstance(request, dict) or not isinstance(resource, dict) or \
+                str(request.get("method") or "").upper() not in ("POST", "PUT"):
+            continue
+        rtype = resource.get("resourceType")
+        if isinstance(rtype, str) and rtype in res.SUPPORTED:
+            out.append((index, rtype))
+    return out
+
+
+def validate_early(body: bytes, part: int, workers: int,
+                   share: float) -> tuple[tuple[int, str, Any] | None, list[tuple[int, str]]]:
+    """A worker's share of a transaction it was sent whole (``submit_early``): the entries
+    ``select`` finds, shared out by ``plan`` over ``workers``, range ``part`` of them,
+    validated as ``validate_chunk`` does; with the (index, type) pairs of that range."""
+    try:
+        bundle = _parse_body(body)
+    except Exception:  # not JSON: the request refuses it itself
+        return None, []
+    picked = select(bundle)
+    _kept, ranges = plan(len(picked), workers, share)
+    mine = [picked[j] for j in ranges[part]] if part < len(ranges) else []
+    return validate_chunk([(i, t, None) for i, t in mine], entries=bundle["entry"]
+                          if mine else None), mine
+
+
+def validate_chunk(items: list[Item], body: bytes | None = None,
+                   entries: list | None = None) -> tuple[int, str, Any] | None:
     """Base-validate ``items`` in order; None when all are valid, else the first that is
     not: ``(index, "invalid", error data)`` for a FhirError, ``(index, "unexpected", text)``
-    for anything else (the parent re-checks that one inline). Runs in a worker."""
-    entries = None
+    for anything else (the parent re-checks that one inline). ``entries``: the Bundle's
+    entries, parsed already (else parsed from ``body`` when an item needs it). Runs in a
+    worker."""
     for index, rtype, raw in items:
         try:
             if raw is not None:
@@ -185,8 +253,10 @@ def validate_chunk(items: list[Item], body: bytes | None = None) -> tuple[int, s
 def _serve(work: multiprocessing.connection.Connection,
            answers: multiprocessing.connection.Connection) -> None:
     """A worker's life: warm up, say so (its pid), then answer each message of work
-    ``(items, body)`` with ``validate_chunk``'s answer and when it began and ended that work
-    (``time.monotonic``), in order, until the parent closes its end of the pipe."""
+    ``(items, body)`` with ``validate_chunk``'s answer, when it began and ended that work
+    (``time.monotonic``) and None, in order, until the parent closes its end of the pipe.
+    A message ``(None, body, (part, workers, share))`` is answered with
+    ``validate_early``'s answer and the (index, type) pairs it validated in place of None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the server; it closes us
     _worker_start()
     answers.send_bytes(pickle.dumps(os.getpid()))
@@ -195,10 +265,15 @@ def _serve(work: multiprocessing.connection.Connection,
             message = work.recv_bytes()
         except (EOFError, OSError):
             return
-        items, body = pickle.loads(message)
+        items, body, *early = pickle.loads(message)
         started = time.monotonic()   # one clock for every process of the machine
-        found = validate_chunk(items, body)
-        answer = pickle.dumps((found, started, time.monotonic()), pickle.HIGHEST_PROTOCOL)
+        picked = None
+        if items is None:   # the whole body: this worker's share (``submit_early``)
+            found, picked = validate_early(body, *early[0])
+        else:
+            found = validate_chunk(items, body)
+        answer = pickle.dumps((found, started, time.monotonic(), picked),
+                              pickle.HIGHEST_PROTOCOL)
         try:
             answers.send_bytes(answer)
         except OSError:   # the parent closed its end (stopping): nobody to answer
@@ -277,8 +352,12 @@ class _Worker:
     def load(self) -> int:
         return len(self._inflight)
 
-    def send(self, items: list[Item], body: bytes | None) -> _Job:
-        message = pickle.dumps((items, body), pickle.HIGHEST_PROTOCOL)
+    def send(self, items: list[Item] | None, body: bytes | None,
+             early: tuple[int, int, float] | None = None) -> _Job:
+        """Write work: ``items`` of ``body``, or (``items`` None) this worker's ``early``
+        share of the whole of ``body`` (part, workers, share)."""
+        message = pickle.dumps((items, body) if early is None else (items, body, early),
+                               pickle.HIGHEST_PROTOCOL)
         job = _Job()
         with self._sending:  # the order of _inflight is the order in the pipe
             if self.broken:
@@ -405,10 +484,15 @@ def _inline(indices: list[int], originals: Mapping[int, tuple[str, Any]]) -> Fou
 class _Chunk:
     """Some entries' validation: ``answer()`` waits for the worker's answer (raising
     WorkerLost when there will be none)."""
-    __slots__ = ("indices", "answer", "owner", "found", "resolved", "started", "finished")
+    __slots__ = ("indices", "answer", "owner", "found", "resolved", "started", "finished",
+                 "expected")
 
-    def __init__(self, indices: list[int], answer, owner: _Workers | None) -> None:
+    def __init__(self, indices: list[int], answer, owner: _Workers | None,
+                 expected: list[tuple[int, str]] | None = None) -> None:
         self.indices = indices
+        #: work sent early (``ValidationPool.adopt``): the (index, type) pairs the worker
+        #: must have picked for its answer to count
+        self.expected = expected
         self.answer = answer
         self.owner = owner
         self.found: Found = None
@@ -465,8 +549,10 @@ class PendingValidation:
         out: Any = None
         inline = True  # unless the worker answered
         try:
-            out, chunk.started, chunk.finished = chunk.answer()
-            inline = False
+            out, chunk.started, chunk.finished, picked = chunk.answer()
+            inline = chunk.expected is not None and picked != chunk.expected
+            if inline:   # the worker's pick is not what this request hands over
+                log.debug("early validation picked other entries; validating inline")
         except WorkerLost as exc:
             self.pool.lost(chunk.owner, str(exc), kill=True)
         except Exception:  # anything else: this request inline
@@ -504,6 +590,8 @@ class ValidationPool:
         #: Bundles validated in the pool, and hand-offs that had to fall back inline
         self.submitted = 0
         self.fallbacks = 0
+        #: of those submitted, how many were adopted from work sent early
+        self.early = 0
         #: the share of a request's items its own thread validates (``balance``)
         self.inline_share = 0.0
         self._reset()
@@ -671,16 +759,12 @@ class ValidationPool:
         running = self._running
         if running is None:
             return None
-        kept = min(len(items) - 1, int(len(items) * self.inline_share))
-        if kept:
-            items = items[:len(items) - kept]
-        parts = max(1, min(len(running.workers), len(items) // MIN_CHUNK))
-        size = -(-len(items) // parts)
+        kept, ranges = plan(len(items), len(running.workers), self.inline_share)
         workers = sorted(running.workers, key=lambda w: w.load)
         chunks: list[_Chunk] = []
         try:
-            for n, start in enumerate(range(0, len(items), size)):
-                part = items[start:start + size]
+            for n, span in enumerate(ranges):
+                part = items[span.start:span.stop]
                 worker = workers[n % len(workers)]
                 job = worker.send(part, body if any(r is None for _i, _t, r in part) else None)
                 chunks.append(_Chunk([i for i, _t, _r in part], _answer(worker, job,
@@ -691,6 +775,60 @@ class ValidationPool:
             return None
         self.submitted += 1
         return PendingValidation(self, chunks, originals, kept)
+
+    def submit_early(self, body: bytes) -> "EarlyValidation | None":
+        """Hand a transaction's whole ``body`` to every worker before the request parses
+        it (see the module text); ``adopt`` takes the work up once the request knows its
+        entries. None when the pool cannot take it now, or the body cannot be a large
+        transaction (smaller than ``EARLY_MIN_BYTES``, or no ``"transaction"`` in it)."""
+        if len(body) < EARLY_MIN_BYTES or b'"transaction"' not in body or \
+                not self.enabled or not self.ready():
+            return None
+        running = self._running
+        if running is None:
+            return None
+        share, count = self.inline_share, len(running.workers)
+        jobs = []
+        try:
+            for part, worker in enumerate(sorted(running.workers, key=lambda w: w.load)):
+                jobs.append((worker, worker.send(None, body, (part, count, share))))
+        except WorkerLost as exc:
+            self.lost(running, f"a worker could not take work ({exc})", kill=True)
+            return None
+        return EarlyValidation(running, jobs, share)
+
+    def adopt(self, early: "EarlyValidation", items: list[Item],
+              originals: Mapping[int, tuple[str, Any]]) -> PendingValidation | None:
+        """The validation of ``items`` (as for ``submit``) by the work ``early`` sent: each
+        worker's range of them, as ``plan`` shares them out with the share the work was
+        sent with. None when that work cannot serve (the workers were lost since, or the
+        request would not use the pool for ``items``): the caller submits or validates
+        inline, and the early answers are dropped unread."""
+        if not items or early.running is not self._running or not self.wanted(len(items)):
+            return None
+        kept, ranges = plan(len(items), len(early.jobs), early.share)
+        chunks = []
+        for (worker, job), span in zip(early.jobs, ranges):
+            part = items[span.start:span.stop]
+            chunks.append(_Chunk([i for i, _t, _r in part],
+                                 _answer(worker, job, self.result_timeout), early.running,
+                                 expected=[(i, t) for i, t, _r in part]))
+        self.submitted += 1
+        self.early += 1
+        return PendingValidation(self, chunks, originals, kept)
+
+
+class EarlyValidation:
+    """A transaction's body handed to every worker whole (``ValidationPool.submit_early``)
+    and not yet adopted: the pool it went to, each worker with its job, and the share of
+    the entries the request keeps that the workers assumed."""
+    __slots__ = ("running", "jobs", "share")
+
+    def __init__(self, running: _Workers, jobs: list[tuple[_Worker, _Job]],
+                 share: float) -> None:
+        self.running = running
+        self.jobs = jobs
+        self.share = share
 
 
 def _answer(worker: _Worker, job: _Job, timeout: float):

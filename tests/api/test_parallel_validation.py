@@ -121,12 +121,15 @@ def entries():
     ]
 
 
-def bundle(changes=None, size=None):
+def bundle(changes=None, size=None, pad=0):
+    """The ten entries with ``changes``; ``size``: patients before them up to that many
+    entries; ``pad``: that many patients after them (the indices of ``changes`` stay)."""
     es = entries()
     if size:
         es = [entry(patient(i)) for i in range(size - len(es))] + es
     for i, e in (changes or {}).items():
         es[i] = e
+    es += [entry(patient(100 + i)) for i in range(pad)]
     return {"resourceType": "Bundle", "type": "transaction", "entry": es}
 
 
@@ -201,6 +204,103 @@ def test_invalid_bundles_answer_as_inline(gateways, pool, case):
     assert (on.status_code, on.json()) == (off.status_code, off.json())
     assert pool.submitted == used + 1, "the pool was not used"
     assert {name: stored(app) for name, (_c, app) in gateways.items()} == before
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_invalid_bundles_sent_early_answer_as_inline(gateways, pool, case):
+    """The same cases in Bundles large enough to go to the worker before they are parsed
+    (``submit_early``, from 8 KB): the request adopts that work, and answers as inline."""
+    from fhirgw.validation.parallel import EARLY_MIN_BYTES
+
+    b = bundle(CASES[case], size=80 if "large" in case else None, pad=60)
+    assert len(to_raw(b)) >= EARLY_MIN_BYTES
+    before = {name: stored(app) for name, (_c, app) in gateways.items()}
+    used, early = pool.submitted, pool.early
+    on = post(gateways["on"][0], b)
+    off = post(gateways["off"][0], b)
+    assert off.status_code >= 400, off.text
+    assert (on.status_code, on.json()) == (off.status_code, off.json())
+    assert (pool.submitted, pool.early) == (used + 1, early + 1), "not adopted early"
+    assert {name: stored(app) for name, (_c, app) in gateways.items()} == before
+
+
+def test_a_valid_bundle_sent_early(gateways, pool):
+    b = bundle(pad=70)
+    early, fallbacks = pool.early, pool.fallbacks
+    r = post(gateways["on"][0], b)
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"][:3] for e in r.json()["entry"]] == ["201"] * 80
+    assert pool.early == early + 1 and pool.fallbacks == fallbacks
+
+
+def test_an_early_pick_that_differs_is_validated_inline(gateways, pool):
+    """An entry whose URL names another type than its resource: the worker, which read the
+    type off the resource, picked other work than the request hands over; that chunk is
+    validated inline (as for a lost worker), with the inline answer."""
+    b = bundle({7: entry(patient(7), url="Observation")}, pad=60)
+    fallbacks = pool.fallbacks
+    on = post(gateways["on"][0], b)
+    off = post(gateways["off"][0], b)
+    assert on.status_code == 400 and (on.status_code, on.json()) == (off.status_code,
+                                                                      off.json())
+    assert "Bundle.entry[7]" in json.dumps(on.json())
+    assert pool.fallbacks == fallbacks + 1
+
+
+def test_early_work_is_only_for_large_transactions(pool):
+    from fhirgw.validation.parallel import EARLY_MIN_BYTES
+
+    small = json.dumps(bundle()).encode()
+    assert len(small) < EARLY_MIN_BYTES and pool.submit_early(small) is None
+    batch = dict(bundle(pad=60), type="batch")
+    assert pool.submit_early(json.dumps(batch).encode()) is None   # no "transaction" in it
+    off = ValidationPool(0)
+    assert off.submit_early(json.dumps(bundle(pad=60)).encode()) is None
+
+
+def test_early_work_not_adopted_leaves_the_worker_in_step(pool):
+    """Work sent early and never adopted (a batch that mentions "transaction", a request
+    that failed before its entries, a body that is not JSON): its answers are dropped by
+    the next reader, and the next requests get their own."""
+    batch = dict(bundle(pad=60), type="batch")
+    batch["entry"][0]["resource"]["note"] = "transaction"
+    raw = json.dumps(batch).encode()
+    for body in (raw, b"[" + b'"transaction", ' * 1000 + b"1]",
+                 b'{"type": "transaction", ' + b" " * 9000):
+        assert pool.submit_early(body) is not None
+    pending = pool.submit(*_items([patient(1), WRONG_TYPE, patient(2)]))
+    assert pending.first_error()[0] == 1
+
+
+def test_plan_shares_items_out_as_workers_and_the_request_expect():
+    from fhirgw.validation.parallel import MIN_CHUNK, plan
+
+    assert plan(0, 2, 0.3) == (0, [])
+    assert plan(1, 2, 0.5) == (0, [range(0, 1)])          # never all kept
+    assert plan(100, 1, 0.0) == (0, [range(0, 100)])
+    assert plan(100, 2, 0.1) == (10, [range(0, 45), range(45, 90)])
+    assert plan(2 * MIN_CHUNK - 1, 2, 0.0) == (0, [range(0, 2 * MIN_CHUNK - 1)])
+    assert plan(101, 3, 0.0) == (0, [range(0, 34), range(34, 68), range(68, 101)])
+
+
+def test_select_finds_what_a_transaction_hands_to_validation():
+    from fhirgw.validation.parallel import select
+
+    b = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry(patient(0)),                                            # 0: POST
+        entry(patient(1, id="a"), method="PUT", url="Patient/a"),     # 1: PUT
+        {"request": {"method": "GET", "url": "Patient/a"}},           # 2: a read
+        {"request": {"method": "DELETE", "url": "Patient/a"}},        # 3
+        {"request": {"method": "PATCH", "url": "Patient/a"},
+         "resource": {"resourceType": "Binary"}},                     # 4: a patch
+        entry({"resourceType": "NotAType"}),                          # 5: unknown type
+        entry(task(), method="post"),                                 # 6: any case
+        "not an entry",                                               # 7
+        {"resource": patient(8)},                                     # 8: no request
+    ]}
+    assert select(b) == [(0, "Patient"), (1, "Patient"), (6, "Task")]
+    assert select(dict(b, type="batch")) == [] and select([b]) == []
+    assert select({"type": "transaction", "entry": "x"}) == []
 
 
 def test_the_business_rule_case_does_break_a_rule(gateways):
@@ -419,7 +519,7 @@ def _pending(pool, answer, originals):
         if isinstance(answer, BaseException):
             raise answer
         now = time.monotonic()
-        return answer, now - 0.01, now
+        return answer, now - 0.01, now, None
 
     return PendingValidation(pool, [_Chunk(sorted(originals), receive, None)], originals)
 
@@ -620,7 +720,7 @@ def test_the_last_look_reports_the_wait():
 
     def late():   # finished 50 ms after the request asked: the request waited
         now = time.monotonic()
-        return None, now - 0.02, now + 0.05
+        return None, now - 0.02, now + 0.05, None
 
     pending = PendingValidation(p, [_Chunk(list(range(10)), late, None)], originals)
     assert pending.first_error(upto=5) is None and p.inline_share == 0.0
