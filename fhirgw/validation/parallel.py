@@ -75,6 +75,7 @@ import orjson
 from ..model import errors as _errors
 from ..model import resources as res
 from ..model.errors import FhirError, Issue
+from ..model.jsontypes import compile_checks
 from ..runtime import tune_gc
 
 log = logging.getLogger("fhirgw.validation")
@@ -115,8 +116,9 @@ _INVALID, _UNEXPECTED = "invalid", "unexpected"
 # ---------------------------------------------------------------- in the worker
 
 def warm_models() -> None:
-    """Build the common R4B models and import the classes their fields reach
-    (``resources.preload``), so that the first requests do not pay for it."""
+    """Build the common R4B models, import the classes their fields reach
+    (``resources.preload``) and compile their JSON type checks
+    (``jsontypes.compile_checks``), so that the first requests do not pay for it."""
     for rtype in WARM_TYPES:
         if rtype not in res.SUPPORTED:
             continue
@@ -125,6 +127,7 @@ def warm_models() -> None:
         except Exception:  # required elements missing: the model is built all the same
             pass
     res.preload(WARM_TYPES)
+    compile_checks(res.model_class(t) for t in WARM_TYPES if t in res.SUPPORTED)
 
 
 def _worker_start() -> None:
