@@ -57,6 +57,7 @@ import multiprocessing.connection
 import multiprocessing.context
 import os
 import pickle
+import re
 import signal
 import sys
 import threading
@@ -101,6 +102,8 @@ MAX_INLINE_SHARE = 0.5
 #: smallest body handed to the workers before it is parsed (``submit_early``): 20 entries
 #: (``ValidationPool.min_entries``) take a few KB at the least
 EARLY_MIN_BYTES = 8192
+#: what a transaction Bundle's body holds (a batch's, unless one of its resources says so)
+_TRANSACTION = re.compile(rb'"type"\s*:\s*"transaction"')
 #: bytes of work a worker's pipe holds (Linux ``F_SETPIPE_SZ``, best effort): a request
 #: handing work to a busy worker does not wait for it to read (a 100-entry Bundle is ~300 KB)
 PIPE_BYTES = 1 << 20
@@ -361,6 +364,7 @@ class _Worker:
         share of the whole of ``body`` (part, workers, share)."""
         message = pickle.dumps((items, body) if early is None else (items, body, early),
                                pickle.HIGHEST_PROTOCOL)
+        self.collect()
         job = _Job()
         with self._sending:  # the order of _inflight is the order in the pipe
             if self.broken:
@@ -395,23 +399,13 @@ class _Worker:
                 left = deadline - time.monotonic()
                 try:
                     ready = left > 0 and self._answers.poll(left)
-                    if not ready:
-                        self._fail(f"no answer in {timeout:g} s")
-                        break
-                    answer = pickle.loads(self._answers.recv_bytes())
                 except (EOFError, OSError, ValueError):   # dead, or its pipe closed (stop)
                     self._fail(self.broken or "the worker died")
                     break
-                except Exception as exc:  # an answer that does not unpickle
-                    self._fail(f"an unreadable answer ({exc.__class__.__name__})")
+                if not ready:
+                    self._fail(f"no answer in {timeout:g} s")
                     break
-                with self._cond:
-                    head = self._inflight.popleft() if self._inflight else None
-                    if head is not None:
-                        head.answer, head.done = answer, True
-                        self._cond.notify_all()
-                if head is None:   # out of step with its work: trust it no more
-                    self._fail("an answer to no work")
+                if not self._take_answer():
                     break
         finally:
             with self._cond:
@@ -420,6 +414,52 @@ class _Worker:
         if not job.done:
             raise WorkerLost(self.broken)
         return job.answer
+
+    def _take_answer(self) -> bool:
+        """Read the next answer and hand it to the oldest job without one (the reader's
+        part); False when the worker is lost."""
+        try:
+            answer = pickle.loads(self._answers.recv_bytes())
+        except (EOFError, OSError, ValueError):   # dead, or its pipe closed (stop)
+            self._fail(self.broken or "the worker died")
+            return False
+        except Exception as exc:  # an answer that does not unpickle
+            self._fail(f"an unreadable answer ({exc.__class__.__name__})")
+            return False
+        with self._cond:
+            head = self._inflight.popleft() if self._inflight else None
+            if head is not None:
+                head.answer, head.done = answer, True
+                self._cond.notify_all()
+        if head is None:   # out of step with its work: trust it no more
+            self._fail("an answer to no work")
+            return False
+        return True
+
+    def collect(self) -> None:
+        """Hand out the answers already in the pipe, without waiting, unless a request is
+        reading them. ``send`` does before it writes: answers that no request waits for
+        (work sent early and never adopted: a batch, a request refused before its
+        entries) are read off as work keeps coming, so they do not fill the answers' pipe
+        and stall the worker (and then the requests writing to it)."""
+        with self._cond:
+            if self._reader or not self._inflight or self.broken:
+                return
+            self._reader = True
+        try:
+            while True:
+                try:
+                    if not self._answers.poll(0):
+                        break
+                except (EOFError, OSError, ValueError):
+                    self._fail(self.broken or "the worker died")
+                    break
+                if not self._take_answer():
+                    break
+        finally:
+            with self._cond:
+                self._reader = False
+                self._cond.notify_all()
 
     def _fail(self, reason: str) -> None:
         with self._cond:
@@ -783,8 +823,9 @@ class ValidationPool:
         """Hand a transaction's whole ``body`` to every worker before the request parses
         it (see the module text); ``adopt`` takes the work up once the request knows its
         entries. None when the pool cannot take it now, or the body cannot be a large
-        transaction (smaller than ``EARLY_MIN_BYTES``, or no ``"transaction"`` in it)."""
-        if len(body) < EARLY_MIN_BYTES or b'"transaction"' not in body or \
+        transaction (smaller than ``EARLY_MIN_BYTES``, or no ``"type": "transaction"`` in
+        it)."""
+        if len(body) < EARLY_MIN_BYTES or not _TRANSACTION.search(body) or \
                 not self.enabled or not self.ready():
             return None
         running = self._running

@@ -253,23 +253,55 @@ def test_early_work_is_only_for_large_transactions(pool):
     small = json.dumps(bundle()).encode()
     assert len(small) < EARLY_MIN_BYTES and pool.submit_early(small) is None
     batch = dict(bundle(pad=60), type="batch")
-    assert pool.submit_early(json.dumps(batch).encode()) is None   # no "transaction" in it
+    batch["entry"][0]["resource"]["note"] = "transaction"   # the word, not the type
+    assert pool.submit_early(json.dumps(batch).encode()) is None
     off = ValidationPool(0)
     assert off.submit_early(json.dumps(bundle(pad=60)).encode()) is None
 
 
-def test_early_work_not_adopted_leaves_the_worker_in_step(pool):
-    """Work sent early and never adopted (a batch that mentions "transaction", a request
-    that failed before its entries, a body that is not JSON): its answers are dropped by
-    the next reader, and the next requests get their own."""
+def _not_adopted():
+    """Bodies that go to the workers early and that no request adopts: a batch holding a
+    transaction Bundle as a resource, text that is not JSON."""
     batch = dict(bundle(pad=60), type="batch")
-    batch["entry"][0]["resource"]["note"] = "transaction"
-    raw = json.dumps(batch).encode()
-    for body in (raw, b"[" + b'"transaction", ' * 1000 + b"1]",
-                 b'{"type": "transaction", ' + b" " * 9000):
+    batch["entry"][1]["resource"] = {"resourceType": "Bundle", "type": "transaction"}
+    return [json.dumps(batch).encode(), b'{"type": "transaction", ' + b" " * 9000]
+
+
+def test_early_work_not_adopted_leaves_the_worker_in_step(pool):
+    """Work sent early and never adopted: its answers are read off by the next reader (or
+    the next hand-off), and the next requests get their own."""
+    for body in _not_adopted():
         assert pool.submit_early(body) is not None
     pending = pool.submit(*_items([patient(1), WRONG_TYPE, patient(2)]))
     assert pending.first_error()[0] == 1
+
+
+#: more than the answers' pipe holds (64 KB, ~60 bytes an answer), and the work pipe then
+HAND_OFFS = 4000
+
+
+def test_early_work_nobody_adopts_does_not_stall_the_worker(pool):
+    """More unadopted early work than the answers' pipe holds (~1,000 answers), and no
+    request reading answers: each hand-off reads off the answers already there, so the
+    worker never blocks on a full pipe, nor then a request on a full work pipe."""
+    import threading
+
+    bodies = _not_adopted()
+    done = threading.Event()
+
+    def hand_off():
+        for n in range(HAND_OFFS):
+            assert pool.submit_early(bodies[n % 2]) is not None
+        done.set()
+
+    t = threading.Thread(target=hand_off, daemon=True)
+    t.start()
+    assert done.wait(120), "a hand-off blocked: the worker stalled on unread answers"
+    worker = pool._running.workers[0]
+    assert worker.load < HAND_OFFS
+    pending = pool.submit(*_items([patient(1), patient(2), WRONG_TYPE]))
+    assert pending.first_error()[0] == 2
+    assert worker.load == 0
 
 
 def test_plan_shares_items_out_as_workers_and_the_request_expect():
