@@ -304,6 +304,46 @@ def test_early_work_nobody_adopts_does_not_stall_the_worker(pool):
     assert worker.load == 0
 
 
+def test_early_work_shared_by_two_workers():
+    """Two workers: each takes its range of the body's entries (``plan``), the request
+    adopts both, with or without entries it keeps for itself; the first invalid entry is
+    the one inline validation finds, whichever worker (or the request) has it."""
+    from fhirgw.model import resources as res
+
+    p = ValidationPool(2, min_entries=1)
+    assert p.start(wait=120), "the validation workers did not start"
+    try:
+        for share, bad in ((0.0, None), (0.0, 10), (0.0, 45), (0.2, 45), (0.2, 55),
+                           (0.2, None)):
+            p.inline_share = share
+            es = [entry(patient(i)) for i in range(60)]
+            if bad is not None:
+                es[bad] = entry(WRONG_TYPE)
+            body = json.dumps({"resourceType": "Bundle", "type": "transaction",
+                               "entry": es}).encode()
+            parsed = res.loads(body)["entry"]
+            items = [(i, "Patient", None) for i in range(60)]
+            originals = {i: ("Patient", e["resource"]) for i, e in enumerate(parsed)}
+            early = p.submit_early(body)
+            assert early is not None and len(early.jobs) == 2
+            pending = p.adopt(early, items, originals)
+            kept = int(60 * share)
+            assert pending.kept == kept and len(pending.chunks) == 2
+            assert sorted(pending.indices) == list(range(60 - kept))
+            found = pending.first_error()
+            if bad is None or bad >= 60 - kept:   # valid, or the request's own to check
+                assert found is None
+            else:
+                assert found is not None and found[0] == bad
+                try:
+                    res.validate(originals[bad][1], "Patient")
+                except errors.FhirError as exc:
+                    assert found[1].outcome() == exc.outcome()
+        assert p.fallbacks == 0
+    finally:
+        p.close()
+
+
 def test_plan_shares_items_out_as_workers_and_the_request_expect():
     from fhirgw.validation.parallel import MIN_CHUNK, plan
 
