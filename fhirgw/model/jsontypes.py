@@ -51,21 +51,28 @@ _SCHEMAS: dict[type, dict[str, tuple[Any, int, Any]]] = {}
 _NEEDS: dict[type, bool] = {}
 
 
-def field_type(annotation: Any) -> Any:
+def field_shape(annotation: Any) -> tuple[Any, bool]:
     """The type under ``Optional``, ``List`` and ``Annotated`` of a model field's
     annotation (None for a union of several types, e.g. ``fhir_comments``: str or list of
-    str)."""
+    str), and whether a ``List`` was among what it was under."""
+    is_list = False
     while True:
         origin = typing.get_origin(annotation)
         if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
             args = [a for a in typing.get_args(annotation) if a is not type(None)]
             if len(args) != 1:
-                return None
+                return None, is_list
             annotation = args[0]
         elif origin in (list, typing.List, typing.Annotated):
+            is_list = is_list or origin is not typing.Annotated
             annotation = typing.get_args(annotation)[0]
         else:
-            return annotation
+            return annotation, is_list
+
+
+def field_type(annotation: Any) -> Any:
+    """The type under ``Optional``, ``List`` and ``Annotated`` (``field_shape``)."""
+    return field_shape(annotation)[0]
 
 
 def _classify(annotation: Any) -> tuple[int, Any] | None:
@@ -196,23 +203,6 @@ _STRICT = {_BOOL: cs.bool_schema(strict=True), _INT: cs.int_schema(strict=True),
            _NUM: cs.float_schema(strict=True), _STR: cs.str_schema(strict=True)}
 
 
-def _is_list(annotation: Any) -> bool:
-    """Does a field's annotation take a list (under ``Optional``/``Annotated``)?"""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin in (list, typing.List):
-            return True
-        if origin is typing.Union or (origin is not None and origin.__name__ == "UnionType"):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return False
-            annotation = args[0]
-        elif origin is typing.Annotated:
-            annotation = typing.get_args(annotation)[0]
-        else:
-            return False
-
-
 def _resource_item(value: Any) -> Any:
     """A contained (or nested) resource: the walk's verdict (rare; not compiled)."""
     if not _ok(value, _RESOURCE, None):
@@ -243,7 +233,7 @@ def _compile(model: type, defs: dict[str, Any]) -> dict:
                 item = cs.no_info_plain_validator_function(_resource_item)
             else:
                 item = _STRICT[kind[0]]
-            if _is_list(field.annotation):
+            if field_shape(field.annotation)[1]:
                 item = cs.list_schema(cs.nullable_schema(item))
             fields[field.alias or name] = cs.typed_dict_field(cs.nullable_schema(item),
                                                               required=False)
