@@ -394,16 +394,29 @@ class _Worker:
                 self._cond.wait(left)
             else:
                 return job.answer
-        try:  # this thread reads, until its own answer arrives
-            while not job.done:
-                left = deadline - time.monotonic()
+        self._read(job, deadline, timeout)   # this thread reads, until its own answer arrives
+        if not job.done:
+            raise WorkerLost(self.broken)
+        return job.answer
+
+    def _read(self, job: _Job | None, deadline: float = 0.0, timeout: float = 0.0) -> None:
+        """The reader's loop (the caller took the reader's part; this gives it back): hand
+        out answers until ``job`` has its own, waiting until ``deadline`` (then the worker
+        is lost: no answer in ``timeout``), or, with no ``job``, those already in the pipe."""
+        try:
+            while job is None or not job.done:
                 try:
-                    ready = left > 0 and self._answers.poll(left)
+                    if job is None:
+                        ready = self._answers.poll(0)
+                    else:
+                        left = deadline - time.monotonic()
+                        ready = left > 0 and self._answers.poll(left)
                 except (EOFError, OSError, ValueError):   # dead, or its pipe closed (stop)
                     self._fail(self.broken or "the worker died")
                     break
                 if not ready:
-                    self._fail(f"no answer in {timeout:g} s")
+                    if job is not None:
+                        self._fail(f"no answer in {timeout:g} s")
                     break
                 if not self._take_answer():
                     break
@@ -411,9 +424,6 @@ class _Worker:
             with self._cond:
                 self._reader = False
                 self._cond.notify_all()
-        if not job.done:
-            raise WorkerLost(self.broken)
-        return job.answer
 
     def _take_answer(self) -> bool:
         """Read the next answer and hand it to the oldest job without one (the reader's
@@ -446,20 +456,7 @@ class _Worker:
             if self._reader or not self._inflight or self.broken:
                 return
             self._reader = True
-        try:
-            while True:
-                try:
-                    if not self._answers.poll(0):
-                        break
-                except (EOFError, OSError, ValueError):
-                    self._fail(self.broken or "the worker died")
-                    break
-                if not self._take_answer():
-                    break
-        finally:
-            with self._cond:
-                self._reader = False
-                self._cond.notify_all()
+        self._read(None)
 
     def _fail(self, reason: str) -> None:
         with self._cond:
