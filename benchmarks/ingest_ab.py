@@ -56,12 +56,15 @@ def run(db: str, env_a: dict, env_b: dict, payloads: list[bytes], warm: bytes) -
             if url is None:
                 raise SystemExit("no PostgreSQL to run on")
             gw = stack.enter_context(gateway(url, env=env))
-            client = stack.enter_context(PlainClient(gw, {"Content-Type":
-                                                          "application/fhir+json"}))
+            clients[side] = stack.enter_context(PlainClient(gw, {"Content-Type":
+                                                                 "application/fhir+json"}))
+            procs[side] = gw.proc.pid
+        # warmed once both are up: a keep-alive connection left idle while the other
+        # gateway starts (several seconds) is closed by the server (uvicorn: after 5 s)
+        for side, client in clients.items():
             status, body = client.post(warm)
             if status != 200:
                 raise SystemExit(f"{side}: warm-up transaction failed: {status} {body[:300]!r}")
-            clients[side], procs[side] = client, gw.proc.pid
         before = {side: cpu_seconds(pid, with_children=True) for side, pid in procs.items()}
         with still_heap():
             for i, payload in enumerate(payloads):
