@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from . import __version__
 from .api import openapi
 from .api.auth import Auth
-from .api.http import install
+from .api.http import FhirApp, install
 from .api.lifespan import run_with_app
 from .api.logging import AccessLog
 from .config import Settings
@@ -59,7 +59,7 @@ def _install_sync(app: FastAPI, repo: Repository, settings: Settings):
     return worker
 
 
-def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
+def create_app(settings: Settings | None = None, search_engine=None) -> FhirApp:
     """The gateway as an ASGI app; ``search_engine`` defaults to the official R4 one."""
     from .search.custom import CustomParameters
     from .search.custom import check as check_search_parameter
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, search_engine=None) -> FastAPI:
     publish_operations(repo)
     router = Router(repo, settings, custom_params=custom, reindexer=reindexer,
                     watchers=[custom, definitions])
-    app = FastAPI(title="fhirgw", version=__version__,
+    app = FhirApp(title="fhirgw", version=__version__,
                   description="FHIR R4 gateway for virtual mental-health IOPs. "
                               "The FHIR API lives under /fhir.")
     app.state.settings = settings
