@@ -19,7 +19,7 @@ from ..model.resources import R4_TYPES, SUPPORTED, loads
 from ..store.tables import DERIVED_PARAM_SOURCES, PARAM_PAIR_SOURCES, WHOLE_PARAM_SOURCES
 from ..store.watch import StoredResourceWatcher
 from .registry import SearchParam, SearchRegistry, _derivations
-from .fhirpath import check_expression, compile_expression
+from .fhirpath import ancestors, check_expression, compile_expression
 
 log = logging.getLogger("fhirgw.search")
 
@@ -124,6 +124,8 @@ class CustomParameters:
         self.pending: dict[str, tuple[str, ...]] = {}
         #: called with the base types to reindex when a parameter is added
         self.start_reindex: Callable[[str, list[str]], None] | None = None
+        #: url -> the stored body the registry holds for it: a reload adds only what changed
+        self._applied: dict[str, dict] = {}
 
     def load(self) -> int:
         """Make the registry hold exactly the official parameters plus the stored ones."""
@@ -137,9 +139,13 @@ class CustomParameters:
         for p in list(self.registry):
             if p.custom and p.url not in wanted:
                 self.registry.remove(p.url)
-        for sp in wanted.values():
+                self._applied.pop(p.url, None)
+        for url, sp in wanted.items():
+            if self._applied.get(url) == sp and self.registry.by_url(url) is not None:
+                continue   # unchanged since it was added (here, or by the last reload)
             try:
                 self.registry.add(sp)
+                self._applied[url] = sp
             except FhirError as exc:  # stored before a rule tightened: skip, say so
                 log.warning("stored SearchParameter %s not loaded: %s", sp.get("url"), exc)
 
@@ -153,8 +159,14 @@ class CustomParameters:
                 # the deleted version has no body to name its url: reload what is stored
                 self.load()
                 continue
-            sp = self.registry.add(stored.resource())
-            types = sorted(t for t in SUPPORTED if self.registry.get(t, sp.code) is sp)
+            body = stored.resource()
+            sp = self.registry.add(body)
+            self._applied[sp.url] = body
+            # the types it can apply to: those with one of its bases among their ancestors
+            # (asking every served type rebuilt ~140 parameter tables per stored parameter)
+            bases = set(sp.base)
+            types = sorted(t for t in SUPPORTED if bases.intersection(ancestors(t))
+                           and self.registry.get(t, sp.code) is sp)
             if types and self.start_reindex is not None:
                 self.pending[sp.url] = tuple(types)
                 self.start_reindex(sp.url, types)
