@@ -27,17 +27,16 @@ def error_response(exc: FhirError) -> Response:
 
 
 class FhirEndpoint:
-    """The FHIR handler as a plain ASGI app, for ``FhirApp``: what FastAPI's middleware
-    stack and Starlette's router do for a /fhir request, and nothing else (the path
-    parameter, ``FhirError`` -> OperationOutcome, anything else -> a logged 500)."""
+    """The FHIR handler as a plain ASGI app, for ``FhirApp`` (which sets the scope's
+    ``path_params`` as the route would): what FastAPI's middleware stack and Starlette's
+    router do for a /fhir request, and nothing else (``FhirError`` -> OperationOutcome,
+    anything else -> a logged 500)."""
 
     def __init__(self, handler, unexpected) -> None:
         self.handler = handler
         self.unexpected = unexpected
 
     async def __call__(self, scope, receive, send) -> None:
-        path = get_route_path(scope)
-        scope["path_params"] = {"path": path[6:]} if len(path) > 5 else {}
         request = Request(scope, receive)
         try:
             response = await self.handler(request)
@@ -66,6 +65,8 @@ class FhirApp(FastAPI):
             if (path == "/fhir" or path.startswith("/fhir/")) and \
                     not path.startswith("/fhir/.well-known/") and self._only_access_log():
                 scope["app"] = self
+                # what the route ``/fhir/{path:path}`` (or ``/fhir``) would have matched
+                scope["path_params"] = {} if path == "/fhir" else {"path": path[len("/fhir/"):]}
                 await self.fhir_endpoint(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
