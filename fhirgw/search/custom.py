@@ -124,7 +124,8 @@ class CustomParameters:
         self.pending: dict[str, tuple[str, ...]] = {}
         #: called with the base types to reindex when a parameter is added
         self.start_reindex: Callable[[str, list[str]], None] | None = None
-        #: url -> the stored body the registry holds for it: a reload adds only what changed
+        #: the registry's url of each stored parameter -> the body it holds for it: a reload
+        #: adds only what changed
         self._applied: dict[str, dict] = {}
 
     def load(self) -> int:
@@ -144,8 +145,7 @@ class CustomParameters:
             if self._applied.get(url) == sp and self.registry.by_url(url) is not None:
                 continue   # unchanged since it was added (here, or by the last reload)
             try:
-                self.registry.add(sp)
-                self._applied[url] = sp
+                self._applied[self.registry.add(sp).url] = sp
             except FhirError as exc:  # stored before a rule tightened: skip, say so
                 log.warning("stored SearchParameter %s not loaded: %s", sp.get("url"), exc)
 
